@@ -1,0 +1,169 @@
+"""What a core-attention call must compute, reduced to the facts backends decide on.
+
+megatron-core hands a core-attention module a mask in its own convention (bool, ``True`` = masked out,
+``[b, 1, 1, sk]`` for key padding or ``[b, 1, sq, sk]`` for anything) plus an ``AttnMaskType``.
+:class:`AttentionMask` turns that into what each backend needs: a causal flag, key/query padding vectors
+(which the flash kernel runs through its variable-length path), or a dense mask when nothing simpler
+describes it. :class:`AttentionInputs` is the summary the backend selection looks at.
+
+Conventions shared by every backend, so that they agree element for element:
+- causal masking is bottom-right aligned when the query and key lengths differ (as flash-attn >= 2.1);
+- in self-attention with key padding, padded query rows are padding too and their output is zero;
+- a query row that may attend to no key outputs zeros, never NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from megatron.core.transformer.enums import AttnMaskType
+
+MASK_KINDS = ("none", "causal", "padding", "padding_causal", "arbitrary")
+
+
+@dataclass
+class AttentionMask:
+    """The mask of one attention call.
+
+    Exactly one description is used: ``dense`` when set (bool, True = may attend, broadcastable to
+    ``[b, h, sq, sk]``), otherwise ``causal`` plus the optional padding vectors (``[b, s]`` bool, True = real).
+    """
+
+    causal: bool = False
+    key_padding: Optional[torch.Tensor] = None
+    query_padding: Optional[torch.Tensor] = None
+    dense: Optional[torch.Tensor] = None
+
+    @property
+    def kind(self) -> str:
+        if self.dense is not None:
+            return "arbitrary"
+        padded = self.key_padding is not None or self.query_padding is not None
+        if padded:
+            return "padding_causal" if self.causal else "padding"
+        return "causal" if self.causal else "none"
+
+    def allowed(
+        self, b: int, sq: int, sk: int, device: torch.device, with_query_padding: bool = True
+    ) -> Optional[torch.Tensor]:
+        """Dense bool mask broadcastable to ``[b, h, sq, sk]`` (True = may attend), or None for no mask.
+
+        ``with_query_padding=False`` leaves padded query rows unmasked, for backends that zero those rows
+        afterwards rather than feed fully masked rows to a kernel.
+        """
+        if self.dense is not None:
+            return self.dense
+        allowed = None
+        if self.causal:
+            rows = torch.arange(sq, device=device).unsqueeze(1)
+            cols = torch.arange(sk, device=device).unsqueeze(0)
+            allowed = (cols <= rows + (sk - sq)).view(1, 1, sq, sk)
+        if self.key_padding is not None:
+            keys = self.key_padding.view(b, 1, 1, sk)
+            allowed = keys if allowed is None else allowed & keys
+        if self.query_padding is not None and with_query_padding:
+            queries = self.query_padding.view(b, 1, sq, 1)
+            allowed = queries if allowed is None else allowed & queries
+        return allowed
+
+    @classmethod
+    def from_megatron(
+        cls,
+        attention_mask: Optional[torch.Tensor],
+        attn_mask_type: AttnMaskType,
+        b: int,
+        sq: int,
+        sk: int,
+        self_attention: bool,
+    ) -> "AttentionMask":
+        """Read megatron-core's (mask, mask type) pair; see the module docstring for the conventions."""
+        causal = attn_mask_type in (AttnMaskType.causal, AttnMaskType.padding_causal)
+        if attention_mask is None or attn_mask_type == AttnMaskType.no_mask:
+            return cls(causal=causal)
+        if attention_mask.dtype != torch.bool:
+            raise ValueError(
+                f"attention_mask must be a bool tensor (True = masked out, megatron-core's convention), "
+                f"got dtype {attention_mask.dtype}"
+            )
+        mask = attention_mask
+        if mask.dim() == 2:  # [b, sk]
+            mask = mask.view(mask.shape[0], 1, 1, mask.shape[1])
+        if mask.dim() != 4 or mask.shape[-1] != sk or mask.shape[-2] not in (1, sq):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected [b, 1, 1, {sk}] "
+                f"or [b, 1, {sq}, {sk}] (True = masked out)"
+            )
+        mask = mask.expand(b, mask.shape[1], mask.shape[2], sk)
+        if mask.shape[1] == 1:
+            reduced = cls._reduce_to_padding(mask[:, 0], causal, sq, sk, self_attention)
+            if reduced is not None:
+                return reduced
+        allowed = ~mask
+        if causal:
+            allowed = allowed & cls(causal=True).allowed(b, sq, sk, mask.device)
+        return cls(dense=allowed)
+
+    @classmethod
+    def _reduce_to_padding(
+        cls, masked: torch.Tensor, causal: bool, sq: int, sk: int, self_attention: bool
+    ) -> Optional["AttentionMask"]:
+        """``masked`` is [b, 1 or sq, sk]; return a padding description if it is exactly one, else None."""
+        if masked.shape[1] == 1:
+            key_padding = ~masked[:, 0]
+            query_padding = None
+        else:
+            # An outer product of validity vectors: a key is valid iff some query may see it, and
+            # vice versa. Check the whole mask against that description before trusting it.
+            key_padding = ~masked.all(dim=1)
+            query_padding = ~masked.all(dim=2)
+            rebuilt = ~(query_padding.unsqueeze(2) & key_padding.unsqueeze(1))
+            if causal:  # the causal part is applied separately; compare only the admissible region
+                region = cls(causal=True).allowed(1, sq, sk, masked.device)[0]
+                if not torch.equal(rebuilt & region, masked & region):
+                    return None
+            elif not torch.equal(rebuilt, masked):
+                return None
+            if bool(query_padding.all()):
+                query_padding = None
+        if self_attention and sq == sk and query_padding is None:
+            query_padding = key_padding
+        if key_padding is not None and bool(key_padding.all()):
+            key_padding = None
+        if query_padding is not None and bool(query_padding.all()):
+            query_padding = None
+        return cls(causal=causal, key_padding=key_padding, query_padding=query_padding)
+
+
+@dataclass(frozen=True)
+class AttentionInputs:
+    """The facts about one attention call (or, before any call, one layer) that decide which backend can run it.
+
+    ``mask_kind`` is None when not known yet (checks made while the model is being built).
+    """
+
+    device_type: str
+    dtype: torch.dtype
+    head_dim: int
+    num_heads: int
+    num_kv_heads: int
+    dropout_p: float
+    mask_kind: Optional[str] = None
+    seqlen_q: Optional[int] = None
+    seqlen_k: Optional[int] = None
+
+    def describe(self) -> str:
+        dtype = str(self.dtype).replace("torch.", "")
+        parts = [
+            f"device={self.device_type}",
+            f"dtype={dtype}",
+            f"head_dim={self.head_dim}",
+            f"heads={self.num_heads}/{self.num_kv_heads}",
+            f"dropout={self.dropout_p:g}",
+        ]
+        if self.mask_kind is not None:
+            parts.append(f"mask={self.mask_kind}")
+        if self.seqlen_q is not None:
+            parts.append(f"s_q={self.seqlen_q}, s_k={self.seqlen_k}")
+        return ", ".join(parts)

@@ -1,0 +1,123 @@
+"""Which backend runs an attention layer: explicit choices are checked, ``auto`` picks the fastest that fits.
+
+Transformer Engine's environment switches are honoured so that habits carry over:
+``NVTE_FLASH_ATTN=0``, ``NVTE_FUSED_ATTN=0`` and ``NVTE_UNFUSED_ATTN=0`` take flash, fused or local out of
+``auto``'s choice, and make an explicit request for that backend an error (never a silent switch).
+``NVTE_DEBUG=1`` with ``NVTE_DEBUG_LEVEL=1`` logs, per layer, the backend that runs and why the others were
+ruled out; ``NVTE_DEBUG_LEVEL=2`` adds the inputs the decision was made on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Callable, Dict, Iterable, Optional, Tuple
+
+from bridge.attention import flash, fused, local
+from bridge.attention.inputs import AttentionInputs
+from bridge.models.backend import AttnBackend
+
+logger = logging.getLogger("bridge.attention")
+
+# Fastest first: auto takes the first backend that supports the layer.
+AUTO_ORDER: Tuple[AttnBackend, ...] = (AttnBackend.flash, AttnBackend.fused, AttnBackend.local)
+
+ENV_SWITCHES: Dict[AttnBackend, str] = {
+    AttnBackend.flash: "NVTE_FLASH_ATTN",
+    AttnBackend.fused: "NVTE_FUSED_ATTN",
+    AttnBackend.local: "NVTE_UNFUSED_ATTN",
+}
+
+_CHECKS: Dict[AttnBackend, Callable[[AttentionInputs], Optional[str]]] = {
+    AttnBackend.flash: flash.unsupported_reason,
+    AttnBackend.fused: fused.unsupported_reason,
+    AttnBackend.local: local.unsupported_reason,
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested attention backend cannot run the layer it was asked for."""
+
+
+def canonical(backend: AttnBackend) -> AttnBackend:
+    """megatron-core's ``unfused`` is our ``local``."""
+    return AttnBackend.local if backend == AttnBackend.unfused else backend
+
+
+def env_disabled_reason(backend: AttnBackend) -> Optional[str]:
+    """Why the environment disables ``backend``, or None."""
+    var = ENV_SWITCHES[canonical(backend)]
+    if os.environ.get(var, "1").strip() == "0":
+        return f"disabled by {var}=0"
+    return None
+
+
+def ruled_out_reason(backend: AttnBackend, inputs: AttentionInputs) -> Optional[str]:
+    """Why ``backend`` cannot run ``inputs`` (environment first, then the backend's own checks), or None."""
+    backend = canonical(backend)
+    return env_disabled_reason(backend) or _CHECKS[backend](inputs)
+
+
+def debug_level() -> int:
+    """0 unless NVTE_DEBUG=1; then NVTE_DEBUG_LEVEL (default 1)."""
+    if os.environ.get("NVTE_DEBUG", "0").strip() != "1":
+        return 0
+    try:
+        return max(1, int(os.environ.get("NVTE_DEBUG_LEVEL", "1")))
+    except ValueError:
+        return 1
+
+
+def _ensure_debug_handler() -> None:
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[bridge.attention] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+
+
+def select_backend(
+    requested: AttnBackend,
+    inputs: AttentionInputs,
+    layer: str = "attention",
+    exclude: Iterable[AttnBackend] = (),
+    log: bool = True,
+) -> AttnBackend:
+    """Return the backend that runs ``inputs``; raise :class:`BackendUnavailableError` for an impossible explicit one.
+
+    ``exclude`` removes backends from ``auto``'s choice (the legacy ``use_flash_attention=False``);
+    ``log=False`` keeps build-time checks out of the NVTE_DEBUG log, which reports what layers run.
+    """
+    requested = canonical(requested)
+    excluded = {canonical(b) for b in exclude}
+    if requested != AttnBackend.auto:
+        reason = ruled_out_reason(requested, inputs)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"attention_backend={requested.value} cannot run {layer}: {reason} "
+                f"({inputs.describe()}); choose another backend or auto"
+            )
+        chosen, reasons = requested, {}
+    else:
+        chosen, reasons = None, {}
+        for candidate in AUTO_ORDER:
+            reason = "excluded by use_flash_attention=False" if candidate in excluded else ruled_out_reason(candidate, inputs)
+            if reason is None:
+                chosen = candidate
+                break
+            reasons[candidate] = reason
+        if chosen is None:
+            detail = "; ".join(f"{b.value}: {r}" for b, r in reasons.items())
+            raise BackendUnavailableError(f"no attention backend can run {layer}: {detail}")
+    level = debug_level() if log else 0
+    if level:
+        _ensure_debug_handler()
+        how = "auto" if requested == AttnBackend.auto else "requested"
+        ruled_out = "; ".join(f"{b.value} ruled out: {r}" for b, r in reasons.items())
+        message = f"{layer}: running {chosen.value} ({how})" + (f"; {ruled_out}" if ruled_out else "")
+        if level >= 2:
+            message += f" [inputs: {inputs.describe()}]"
+        logger.info(message)
+    return chosen

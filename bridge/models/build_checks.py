@@ -1,0 +1,44 @@
+"""Checks made while a model is being built, before any tensor exists.
+
+An explicit backend that cannot run on this machine (no GPU for ``fused``, fp32 or dropout for ``flash``,
+an environment switch that disables it) is reported when ``provide()`` is called, not from deep inside the
+first forward pass. The same rules decide again at run time, on the real tensors.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from bridge.attention.inputs import AttentionInputs
+from bridge.attention.selection import select_backend
+from bridge.models.backend import AttnBackend
+from bridge.models.base import TransformerProvider
+
+
+def check_backend_for_this_machine(
+    provider: TransformerProvider, backend: AttnBackend, stack: str, exclude: Iterable[AttnBackend] = ()
+) -> None:
+    """Raise a readable error if an explicit ``backend`` cannot run ``provider``'s attention here."""
+    if backend == AttnBackend.auto:
+        return
+    tp = provider.tensor_model_parallel_size
+    groups = provider.num_query_groups or provider.num_attention_heads
+    inputs = AttentionInputs(
+        device_type="cuda" if torch.cuda.is_available() else "cpu",
+        dtype=provider.torch_dtype,
+        head_dim=provider.head_dim,
+        num_heads=provider.num_attention_heads // tp,
+        num_kv_heads=max(1, groups // tp),
+        dropout_p=provider.attention_dropout,
+    )
+    select_backend(backend, inputs, f"the {stack} attention layers", exclude, log=False)
+
+
+def check_layer_norm_support(provider: TransformerProvider) -> None:
+    if provider.sequence_parallel:
+        raise ValueError(
+            "sequence_parallel=True needs Transformer Engine or Apex layer norms; bridge builds megatron-core's "
+            "local (torch) layers, which do not support it. Set sequence_parallel=False."
+        )

@@ -1,0 +1,51 @@
+"""Build a megatron-core ``GPTModel`` from a :class:`GPTModelProvider`."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from bridge.models.backend import AttnBackend
+from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
+from bridge.models.gpt import GPTModelProvider
+from bridge.models.layer_specs import gpt_layer_spec
+from bridge.models.parallel import ensure_model_parallel
+from bridge.models.rope import make_rope_host_compatible
+
+
+def gpt_transformer_config(provider: GPTModelProvider) -> TransformerConfig:
+    return TransformerConfig(**provider.transformer_config_kwargs())
+
+
+def build_gpt_model(
+    provider: GPTModelProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None
+) -> GPTModel:
+    provider.validate()
+    check_layer_norm_support(provider)
+    exclude = (AttnBackend.flash,) if provider.use_flash_attention is False else ()
+    check_backend_for_this_machine(provider, provider.attention_backend, "GPT", exclude)
+    vocab = provider.padded_vocab_size
+    ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size)
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage()
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage()
+    model = GPTModel(
+        config=gpt_transformer_config(provider),
+        transformer_layer_spec=gpt_layer_spec(
+            provider.normalization, provider.attention_backend, exclude, provider.deterministic_attention
+        ),
+        vocab_size=vocab,
+        max_sequence_length=provider.seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=provider.share_embeddings_and_output_weights,
+        position_embedding_type=provider.position_embedding_type,
+        rotary_percent=provider.rotary_percent,
+        rotary_base=provider.rotary_base,
+    )
+    make_rope_host_compatible(model)
+    return model

@@ -1,0 +1,57 @@
+"""megatron-core layer specs with our core-attention module plugged in, one backend per stack.
+
+megatron-core's local specs give the layer structure (norms, linear layers, MLP); we swap each
+``core_attention`` for :class:`bridge.attention.BridgeCoreAttention` with the backend in the spec's
+params, so every layer carries its own backend instead of reading process-wide environment variables.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+from bridge.attention import BridgeCoreAttention
+from bridge.models.backend import AttnBackend
+
+
+def core_attention_spec(
+    backend: AttnBackend, exclude: Iterable[AttnBackend] = (), deterministic: bool = False, stack: str = ""
+) -> ModuleSpec:
+    """The ``core_attention`` submodule spec for one backend (``stack`` names the layers in debug logs)."""
+    return ModuleSpec(
+        module=BridgeCoreAttention,
+        params={"backend": backend, "exclude": tuple(exclude), "deterministic": deterministic, "stack": stack},
+    )
+
+
+def gpt_layer_spec(normalization: str, backend: AttnBackend, exclude=(), deterministic: bool = False) -> ModuleSpec:
+    """A GPT decoder layer (causal self-attention + MLP) whose attention runs ``backend``."""
+    spec = get_gpt_layer_local_spec(normalization=normalization)
+    spec.submodules.self_attention.submodules.core_attention = core_attention_spec(backend, exclude, deterministic, "gpt")
+    return spec
+
+
+def t5_block_specs(
+    encoder_layers: int,
+    decoder_layers: int,
+    encoder_backend: AttnBackend,
+    decoder_backend: AttnBackend,
+    encoder_exclude=(),
+    decoder_exclude=(),
+    deterministic: bool = False,
+):
+    """(encoder, decoder) block specs; the decoder's self- and cross-attention both use ``decoder_backend``."""
+    encoder = encoder_model_with_local_spec()
+    encoder.submodules.self_attention.submodules.core_attention = core_attention_spec(encoder_backend, encoder_exclude, deterministic, "encoder")
+    decoder = decoder_model_with_local_spec()
+    decoder.submodules.self_attention.submodules.core_attention = core_attention_spec(decoder_backend, decoder_exclude, deterministic, "decoder")
+    decoder.submodules.cross_attention.submodules.core_attention = core_attention_spec(decoder_backend, decoder_exclude, deterministic, "decoder")
+    return (
+        TransformerBlockSubmodules([encoder] * encoder_layers, layer_norm=WrappedTorchNorm),
+        TransformerBlockSubmodules([decoder] * decoder_layers, layer_norm=WrappedTorchNorm),
+    )

@@ -1,0 +1,86 @@
+"""T5 (encoder-decoder) model provider, with an attention backend per stack."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.models.base import TransformerProvider
+from bridge.models.fields import strict_dataclass
+
+
+@strict_dataclass
+class T5StackFlags:
+    """Per-stack legacy flags, kept so NeMo-1 configs (``model.encoder.use_flash_attention``) still work."""
+
+    use_flash_attention: Optional[bool] = None
+    """Deprecated: True = this stack's backend is flash; False = auto without flash."""
+
+
+@strict_dataclass
+class T5ModelProvider(TransformerProvider):
+    """Everything needed to build a megatron-core ``T5Model``; ``provide()`` builds it.
+
+    The encoder and decoder may run different attention backends: ``encoder_attention_backend`` and
+    ``decoder_attention_backend`` default to ``attention_backend``.
+    """
+
+    encoder_num_layers: Optional[int] = None
+    """Encoder layers; None = num_layers."""
+    decoder_num_layers: Optional[int] = None
+    """Decoder layers; None = num_layers."""
+    decoder_seq_length: Optional[int] = None
+    """Maximum decoder (target) length; None = seq_length."""
+    encoder_attention_backend: Any = None
+    """Backend of the encoder's self-attention; None = attention_backend."""
+    decoder_attention_backend: Any = None
+    """Backend of the decoder's self- and cross-attention; None = attention_backend."""
+    encoder: T5StackFlags = dataclasses.field(default_factory=T5StackFlags)
+    """Legacy per-stack flags of the encoder."""
+    decoder: T5StackFlags = dataclasses.field(default_factory=T5StackFlags)
+    """Legacy per-stack flags of the decoder."""
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("encoder_num_layers", "decoder_num_layers", "decoder_seq_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for stack in ("encoder", "decoder"):
+            flags = getattr(self, stack)
+            if isinstance(flags, dict):  # a plain mapping from YAML / Python
+                flags = T5StackFlags(**flags)
+                setattr(self, stack, flags)
+            field_name = f"{stack}_attention_backend"
+            explicit = getattr(self, field_name)
+            backend = self.attention_backend if explicit is None else parse_attn_backend(explicit, field_name)
+            setattr(
+                self, field_name,
+                self._resolve_legacy_flag(field_name, backend, flags.use_flash_attention, f"{stack}.use_flash_attention"),
+            )
+
+    def excluded_backends(self, stack: str):
+        """Backends a legacy ``use_flash_attention=False`` (model-wide or for ``stack``) takes out of auto."""
+        flags = getattr(self, stack)
+        if self.use_flash_attention is False or flags.use_flash_attention is False:
+            return (AttnBackend.flash,)
+        return ()
+
+    @property
+    def resolved_encoder_layers(self) -> int:
+        return self.encoder_num_layers or self.num_layers
+
+    @property
+    def resolved_decoder_layers(self) -> int:
+        return self.decoder_num_layers or self.num_layers
+
+    @property
+    def resolved_decoder_seq_length(self) -> int:
+        return self.decoder_seq_length or self.seq_length
+
+    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None):
+        """Validate, set up parallel state if needed, and return a megatron-core ``T5Model``."""
+        from bridge.models.t5_builder import build_t5_model
+
+        return build_t5_model(self, pre_process=pre_process, post_process=post_process)

@@ -1,0 +1,57 @@
+"""Build a megatron-core ``T5Model`` from a :class:`T5ModelProvider`."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from megatron.core import parallel_state
+from megatron.core.models.T5 import T5Model
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
+from bridge.models.layer_specs import t5_block_specs
+from bridge.models.parallel import ensure_model_parallel
+from bridge.models.rope import make_rope_host_compatible
+from bridge.models.t5 import T5ModelProvider
+
+
+def build_t5_model(
+    provider: T5ModelProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None
+) -> T5Model:
+    provider.validate()
+    if provider.pipeline_model_parallel_size != 1:
+        raise ValueError("T5 with pipeline_model_parallel_size > 1 is not supported by megatron-core 0.16's T5Model; use 1")
+    check_layer_norm_support(provider)
+    enc_exclude, dec_exclude = provider.excluded_backends("encoder"), provider.excluded_backends("decoder")
+    check_backend_for_this_machine(provider, provider.encoder_attention_backend, "T5 encoder", enc_exclude)
+    check_backend_for_this_machine(provider, provider.decoder_attention_backend, "T5 decoder", dec_exclude)
+    vocab = provider.padded_vocab_size
+    ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size)
+    kwargs = provider.transformer_config_kwargs()
+    decoder_config = TransformerConfig(**{**kwargs, "num_layers": provider.resolved_decoder_layers})
+    encoder_config = dataclasses.replace(decoder_config, num_layers=provider.resolved_encoder_layers)
+    encoder_spec, decoder_spec = t5_block_specs(
+        provider.resolved_encoder_layers,
+        provider.resolved_decoder_layers,
+        provider.encoder_attention_backend,
+        provider.decoder_attention_backend,
+        enc_exclude,
+        dec_exclude,
+        provider.deterministic_attention,
+    )
+    model = T5Model(
+        config=decoder_config,
+        encoder_config=encoder_config,
+        transformer_encoder_layer_spec=encoder_spec,
+        transformer_decoder_layer_spec=decoder_spec,
+        vocab_size=vocab,
+        max_sequence_length=max(provider.seq_length, provider.resolved_decoder_seq_length),
+        pre_process=parallel_state.is_pipeline_first_stage() if pre_process is None else pre_process,
+        post_process=parallel_state.is_pipeline_last_stage() if post_process is None else post_process,
+        share_embeddings_and_output_weights=provider.share_embeddings_and_output_weights,
+        position_embedding_type=provider.position_embedding_type,
+        rotary_percent=provider.rotary_percent,
+    )
+    make_rope_host_compatible(model)
+    return model

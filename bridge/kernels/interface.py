@@ -1,0 +1,268 @@
+"""Python layer of the flash-attention kernel: custom ops, their fake (meta) versions, autograd, public API.
+
+Layers, top to bottom:
+
+* ``flash_attn_func`` / ``flash_attn_varlen_func``: the documented entry points (flash-attn's names and
+  argument order, so users recognise them). They validate arguments and pick the softmax scale.
+* ``bridge_kernels::flash_fwd`` / ``bridge_kernels::flash_bwd``: ``torch.library.custom_op`` wrappers
+  around the compiled ``torch.ops.bridge_flash`` operators, with fake implementations so ``torch.compile``
+  traces through them without running the kernel, and autograd registered on the forward.
+* ``build.load_ops``: compiles the extension the first time a kernel actually runs.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+
+from bridge.kernels import build
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
+SUPPORTED_HEAD_DIMS = (64, 128)
+
+Tensor = torch.Tensor
+
+
+def unavailable_reason(
+    device: Optional[Union[torch.device, str, int]] = None,
+    dtype: Optional[torch.dtype] = None,
+    head_dim: Optional[int] = None,
+) -> Optional[str]:
+    """Why the flash kernel cannot run for these inputs, as one sentence; ``None`` when it can.
+
+    Cheap: never builds the kernel. ``device`` defaults to the current CUDA device (if any); ``dtype`` and
+    ``head_dim`` are checked only when given.
+    """
+    if device is None:
+        if not torch.cuda.is_available():
+            return "the flash kernel needs a CUDA GPU, but no CUDA device is available"
+        device = torch.device("cuda")
+    device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+    if device.type != "cuda":
+        return f"the flash kernel needs a CUDA GPU, but the device is {device}"
+    if not torch.cuda.is_available():
+        return "the flash kernel needs a CUDA GPU, but no CUDA device is available"
+    capability = torch.cuda.get_device_capability(device)
+    if capability not in build.supported_capabilities():
+        name = torch.cuda.get_device_name(device)
+        built = ", ".join(f"sm_{major}{minor}" for major, minor in build.supported_capabilities())
+        return (
+            f"GPU {name} is sm_{capability[0]}{capability[1]}, but the flash kernel supports {built} "
+            f"(set BRIDGE_FLASH_ARCHS=90a,80 to build for Ampere/Ada too)"
+        )
+    if dtype is not None and dtype not in SUPPORTED_DTYPES:
+        return f"dtype {dtype} is not supported by the flash kernel; use torch.bfloat16 or torch.float16"
+    if head_dim is not None and head_dim not in SUPPORTED_HEAD_DIMS:
+        supported = ", ".join(str(d) for d in SUPPORTED_HEAD_DIMS)
+        return f"head dim {head_dim} is not supported by the flash kernel; supported head dims: {supported}"
+    return build.toolchain_missing_reason()
+
+
+# ---- custom ops ---------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("bridge_kernels::flash_fwd", mutates_args=())
+def _flash_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    causal: bool,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor]:
+    # `deterministic` only matters to the backward; it is an argument here so autograd can see it.
+    out, lse = build.load_ops().fwd(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal
+    )
+    return out, lse
+
+
+@_flash_fwd.register_fake
+def _flash_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                    deterministic):
+    # Mirrors the binding: out = empty_like(q) (same strides), lse fp32 [b, h, s_q] or [h, total_q].
+    out = torch.empty_like(q)
+    if cu_seqlens_q is None:
+        lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    else:
+        lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("bridge_kernels::flash_bwd", mutates_args=())
+def _flash_bwd(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    cu_seqlens_q: Optional[Tensor],
+    cu_seqlens_k: Optional[Tensor],
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    causal: bool,
+    deterministic: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    if not build.backward_is_built():
+        raise RuntimeError(
+            "the flash backward kernel is not built (bridge/kernels/csrc/flash_api_bwd.cpp is missing): "
+            "the forward pass works, gradients need the backward kernel"
+        )
+    dq, dk, dv = build.load_ops().bwd(
+        dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+        deterministic,
+    )
+    return dq, dk, dv
+
+
+@_flash_bwd.register_fake
+def _flash_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                    softmax_scale, causal, deterministic):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    ctx.attrs = (max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic)
+    ctx.mark_non_differentiable(lse)  # the log-sum-exp is an auxiliary output, not part of the graph
+
+
+def _backward(ctx, dout, _dlse):
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+    max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = ctx.attrs
+    dq, dk, dv = _flash_bwd(
+        _aligned(dout), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+        causal, deterministic,
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None
+
+
+_flash_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- public API ---------------------------------------------------------------------------------------------
+
+
+def _aligned(t: Tensor) -> Tensor:
+    """``t`` itself when the kernel can read it in place (contiguous head dim, 16-byte aligned rows), else a copy."""
+    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+    ok = ok and all(t.stride(i) % 8 == 0 or t.shape[i] <= 1 for i in range(t.dim() - 1))
+    return t if ok else t.contiguous()
+
+
+def _check_inputs(fn: str, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, dims: int, layout: str) -> None:
+    if dropout_p != 0.0:
+        raise ValueError(f"{fn}: dropout_p={dropout_p} is not supported; the flash kernel has no dropout (use 0.0)")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != dims:
+            raise ValueError(f"{fn}: {name} must be {layout} ({dims} dims), got shape {tuple(t.shape)}")
+    reason = unavailable_reason(q.device, q.dtype, q.shape[-1])
+    if reason is not None:
+        raise RuntimeError(f"{fn}: {reason}")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{fn}: q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if k.shape != v.shape:
+        raise ValueError(f"{fn}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"{fn}: q has head dim {q.shape[-1]} but k/v have {k.shape[-1]}")
+    h, h_k = q.shape[-2], k.shape[-2]
+    if h_k == 0 or h % h_k != 0:
+        raise ValueError(f"{fn}: query heads ({h}) must be a multiple of key/value heads ({h_k}) for GQA/MQA")
+
+
+def flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    deterministic: bool = False,
+    return_lse: bool = False,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Exact attention ``softmax(scale * q k^T [+ causal mask]) v`` with the in-repo flash kernel.
+
+    Args:
+        q: ``[batch, seqlen_q, heads, head_dim]``, bf16 or fp16, on a supported CUDA GPU. Any batch /
+            sequence / head strides work as long as the head dim is contiguous (megatron's ``[s, b, h, d]``
+            passes as ``x.transpose(0, 1)`` without a copy).
+        k, v: ``[batch, seqlen_k, kv_heads, head_dim]``; ``heads`` must be a multiple of ``kv_heads``
+            (GQA; ``kv_heads == 1`` is MQA). K/V are never repeated in memory.
+        dropout_p: must be 0.0 (the kernel has no dropout); kept for flash-attn compatibility.
+        softmax_scale: defaults to ``1 / sqrt(head_dim)``.
+        causal: mask aligned to the bottom-right corner when ``seqlen_q != seqlen_k`` (query row ``i`` sees
+            keys ``j <= i + seqlen_k - seqlen_q``), as flash-attn >= 2.1. Rows that see no key output zeros.
+        deterministic: make the backward pass bit-reproducible (slightly slower).
+        return_lse: also return the log-sum-exp ``[batch, heads, seqlen_q]`` (fp32, not differentiable).
+
+    Returns:
+        ``out`` ``[batch, seqlen_q, heads, head_dim]`` (strides like ``q``), or ``(out, lse)``.
+    """
+    _check_inputs("flash_attn_func", q, k, v, dropout_p, 4, "[batch, seqlen, heads, head_dim]")
+    if q.shape[0] != k.shape[0]:
+        raise ValueError(f"flash_attn_func: q has batch {q.shape[0]} but k/v have batch {k.shape[0]}")
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    out, lse = _flash_fwd(
+        _aligned(q), _aligned(k), _aligned(v), None, None, q.shape[1], k.shape[1], scale, bool(causal),
+        bool(deterministic),
+    )
+    return (out, lse) if return_lse else out
+
+
+def flash_attn_varlen_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    dropout_p: float = 0.0,
+    softmax_scale: Optional[float] = None,
+    causal: bool = False,
+    deterministic: bool = False,
+    return_lse: bool = False,
+) -> Union[Tensor, tuple[Tensor, Tensor]]:
+    """Flash attention over a packed batch of variable-length sequences (padding-free).
+
+    Args:
+        q: ``[total_q, heads, head_dim]``: the batch's query tokens concatenated; sequence ``i`` is rows
+            ``cu_seqlens_q[i]:cu_seqlens_q[i + 1]``.
+        k, v: ``[total_k, kv_heads, head_dim]``, split by ``cu_seqlens_k`` the same way.
+        cu_seqlens_q, cu_seqlens_k: int32 ``[batch + 1]`` cumulative lengths on q's device, starting at 0.
+            Zero-length sequences are allowed (a query row with no key outputs zeros).
+        max_seqlen_q, max_seqlen_k: the longest sequence in each (upper bounds; they size the launch grid,
+            so rows past ``max_seqlen_q`` would not be computed).
+        dropout_p, softmax_scale, causal, deterministic, return_lse: as in :func:`flash_attn_func`; causal
+            is bottom-right aligned per sequence.
+
+    Returns:
+        ``out`` ``[total_q, heads, head_dim]``, or ``(out, lse)`` with lse fp32 ``[heads, total_q]``.
+    """
+    _check_inputs("flash_attn_varlen_func", q, k, v, dropout_p, 3, "[total_tokens, heads, head_dim]")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if cu.dtype != torch.int32 or cu.dim() != 1 or cu.device != q.device:
+            raise ValueError(
+                f"flash_attn_varlen_func: {name} must be a 1-D int32 tensor on {q.device}, "
+                f"got {cu.dtype} {tuple(cu.shape)} on {cu.device}"
+            )
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(
+            f"flash_attn_varlen_func: cu_seqlens_q has {cu_seqlens_q.numel()} entries but cu_seqlens_k has "
+            f"{cu_seqlens_k.numel()}; both are batch + 1"
+        )
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    out, lse = _flash_fwd(
+        _aligned(q), _aligned(k), _aligned(v), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
+        int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal), bool(deterministic),
+    )
+    return (out, lse) if return_lse else out

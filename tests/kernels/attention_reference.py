@@ -1,0 +1,94 @@
+"""Plain-PyTorch attention references and tolerance helpers shared by the flash-kernel tests and benchmark.
+
+The practice (KERNEL.md): compare the kernel against an fp32 reference computed from the *same* rounded
+16-bit inputs, and accept an error up to a multiple of PyTorch's own error when it runs the same attention in
+the 16-bit dtype. Nothing here needs a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def causal_allowed(s_q: int, s_k: int, device) -> Tensor:
+    """[s_q, s_k] bool: query row r may see key c iff c <= r + s_k - s_q (bottom-right aligned)."""
+    rows = torch.arange(s_q, device=device)[:, None]
+    cols = torch.arange(s_k, device=device)[None, :]
+    return cols <= rows + (s_k - s_q)
+
+
+def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
+                        softmax_scale: Optional[float] = None, compute_dtype: torch.dtype = torch.float32):
+    """``softmax(scale * q k^T + mask) v`` computed in ``compute_dtype``.
+
+    q ``[b, s_q, h, d]``, k/v ``[b, s_k, h_k, d]`` (GQA by repeating K/V here; the kernel must not).
+    With ``compute_dtype`` fp32 this is the reference; with the inputs' 16-bit dtype it is PyTorch's own
+    low-precision computation, whose error sets the tolerance. Returns ``(out [b, s_q, h, d], lse [b, h, s_q])``
+    in ``compute_dtype`` / fp32; rows that see no key give zeros and ``lse = -inf``.
+    """
+    b, s_q, h, d = q.shape
+    s_k, h_k = k.shape[1], k.shape[2]
+    scale = softmax_scale if softmax_scale is not None else d ** -0.5
+    q, k, v = (t.to(compute_dtype) for t in (q, k, v))
+    k = k.repeat_interleave(h // h_k, dim=2)
+    v = v.repeat_interleave(h // h_k, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale  # (b, h, s_q, s_k)
+    allowed = causal_allowed(s_q, s_k, q.device) if causal else torch.ones(s_q, s_k, dtype=torch.bool,
+                                                                             device=q.device)
+    row_has_key = allowed.any(dim=-1, keepdim=True)  # (s_q, 1)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(scores.float(), dim=-1)  # (b, h, s_q)
+    # Rows without keys: softmax over zeros stays finite, then the row is zeroed (never NaN).
+    probs = torch.softmax(torch.where(row_has_key, scores, torch.zeros_like(scores)), dim=-1) * row_has_key
+    out = torch.einsum("bhqk,bkhd->bqhd", probs.to(compute_dtype), v)
+    return out, lse
+
+
+def varlen_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                     causal: bool = False, softmax_scale: Optional[float] = None,
+                     compute_dtype: torch.dtype = torch.float32):
+    """Packed-batch version: q ``[total_q, h, d]``, k/v ``[total_k, h_k, d]``; returns out, lse ``[h, total_q]``."""
+    total_q, h, d = q.shape
+    out = torch.zeros(total_q, h, d, dtype=compute_dtype, device=q.device)
+    lse = torch.full((h, total_q), float("-inf"), dtype=torch.float32, device=q.device)
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for i in range(len(cq) - 1):
+        q0, q1, k0, k1 = cq[i], cq[i + 1], ck[i], ck[i + 1]
+        if q1 == q0:
+            continue
+        o_i, lse_i = attention_reference(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, softmax_scale,
+                                         compute_dtype)
+        out[q0:q1] = o_i[0]
+        lse[:, q0:q1] = lse_i[0]
+    return out, lse
+
+
+def max_abs_err(a: Tensor, b: Tensor) -> float:
+    """max |a - b| in fp32, treating equal infinities (e.g. lse = -inf on both) as zero error."""
+    a, b = a.float(), b.float()
+    same_inf = torch.isinf(a) & torch.isinf(b) & (torch.sign(a) == torch.sign(b))
+    diff = torch.where(same_inf, torch.zeros_like(a), (a - b).abs())
+    return diff.max().item() if diff.numel() else 0.0
+
+
+def assert_within_torch_error(name: str, got: Tensor, ref: Tensor, torch_lowp: Tensor, factor: float,
+                              tiny: float = 1e-5) -> None:
+    """Passes when ``max|got - ref| <= factor * max|torch_lowp - ref| + tiny`` and ``got`` has no NaN."""
+    assert not torch.isnan(got).any(), f"{name}: NaN in the kernel's result (unwritten or invalid elements)"
+    err = max_abs_err(got, ref)
+    bound = factor * max_abs_err(torch_lowp, ref) + tiny
+    assert err <= bound, f"{name}: max error {err:.3e} exceeds {factor}x PyTorch's own error ({bound:.3e})"
+
+
+def poison_allocator(*nbytes: int) -> None:
+    """Leaves NaN-filled blocks of these sizes in PyTorch's CUDA caching allocator.
+
+    The binding allocates its outputs with ``empty``, which reuses freed blocks of the same size: an element
+    the kernel forgets to write then reads as NaN instead of a harmless leftover zero.
+    """
+    blocks = [torch.full((max(n // 4, 1),), float("nan"), device="cuda") for n in nbytes]
+    del blocks

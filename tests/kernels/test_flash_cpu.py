@@ -1,0 +1,92 @@
+"""CPU tests of the flash-kernel package: cheap import, clear refusals where the kernel cannot run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import bridge.kernels as kernels
+from bridge.kernels import build, flash_attn_func, flash_attn_varlen_func, unavailable_reason
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+
+
+def test_import_does_not_build_or_load_the_extension():
+    code = (
+        "import sys, bridge.kernels; "
+        "assert 'torch.utils.cpp_extension' not in sys.modules, 'import pulled in the extension builder'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert not build._loaded
+
+
+@needs_no_cuda
+def test_unavailable_reason_explains_cpu():
+    reason = unavailable_reason()
+    assert reason is not None and "CUDA" in reason
+    assert "CUDA GPU" in unavailable_reason(device="cpu")
+
+
+def test_unavailable_reason_names_bad_dtype_and_head_dim_on_cuda_devices(monkeypatch):
+    # Pretend a supported GPU is present, so the dtype / head-dim checks are reached without one.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(build, "toolchain_missing_reason", lambda: None)
+    assert unavailable_reason("cuda", torch.bfloat16, 128) is None
+    assert "torch.float32" in unavailable_reason("cuda", torch.float32, 64)
+    reason = unavailable_reason("cuda", torch.float16, 96)
+    assert "96" in reason and "64, 128" in reason
+
+
+def test_unavailable_reason_names_both_gpu_archs(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    reason = unavailable_reason("cuda")
+    assert "Tesla T4" in reason and "sm_75" in reason and "sm_90" in reason
+
+
+def test_unavailable_reason_names_missing_nvcc(monkeypatch):
+    monkeypatch.setattr(build, "is_built", lambda: False)
+    monkeypatch.setattr(build, "find_nvcc", lambda: None)
+    assert "nvcc" in build.toolchain_missing_reason()
+
+
+@needs_no_cuda
+def test_public_functions_refuse_cpu_tensors_clearly():
+    q = torch.randn(1, 8, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="flash_attn_func: .*CUDA GPU"):
+        flash_attn_func(q, q, q)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="flash_attn_varlen_func: .*CUDA GPU"):
+        flash_attn_varlen_func(q[0], q[0], q[0], cu, cu, 8, 8)
+
+
+def test_public_functions_reject_dropout_and_bad_ranks():
+    q = torch.randn(1, 8, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="dropout_p=0.1 is not supported"):
+        flash_attn_func(q, q, q, dropout_p=0.1)
+    with pytest.raises(ValueError, match=r"q must be \[batch, seqlen, heads, head_dim\]"):
+        flash_attn_func(q[0], q[0], q[0])
+
+
+def test_build_sources_cover_every_translation_unit():
+    names = {p.name for p in build.sources()}
+    assert "flash_api_fwd.cpp" in names
+    assert {"flash_fwd_bf16_hd64.cu", "flash_fwd_bf16_hd128.cu", "flash_fwd_fp16_hd64.cu",
+            "flash_fwd_fp16_hd128.cu"} <= names
+
+
+def test_target_archs_reject_unknown(monkeypatch):
+    monkeypatch.setenv("BRIDGE_FLASH_ARCHS", "90a,75")
+    with pytest.raises(ValueError, match="unsupported target '75'"):
+        build.target_archs()
+    monkeypatch.setenv("BRIDGE_FLASH_ARCHS", "90a,80")
+    assert (8, 0) in build.supported_capabilities() and (9, 0) in build.supported_capabilities()
+
+
+def test_package_exports_public_names():
+    assert set(kernels.__all__) >= {"flash_attn_func", "flash_attn_varlen_func", "unavailable_reason"}

@@ -33,7 +33,8 @@ class WriteStats(NamedTuple):
     skipped_empty: int
 
 
-def _megatron_indexed():
+def load_indexed_dataset_module():
+    """megatron-core's ``indexed_dataset`` module."""
     # Imported lazily: importing megatron.core is slow and warns about optional packages.
     from megatron.core.datasets import indexed_dataset
 
@@ -56,7 +57,7 @@ def write_indexed_dataset(texts: Iterable[str], tokenizer: Tokenizer, prefix: st
     Empty texts are skipped. The files are written under temporary names and renamed at the end,
     so an interrupted run leaves no dataset that looks complete.
     """
-    indexed = _megatron_indexed()
+    indexed = load_indexed_dataset_module()
     folder = os.path.dirname(os.path.abspath(prefix))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{prefix}.tmp{os.getpid()}"
@@ -97,7 +98,8 @@ def open_indexed_dataset(prefix: str, tokenizer: Tokenizer):
     """megatron-core ``IndexedDataset`` at ``prefix``, checked against ``tokenizer``.
 
     Missing files, data written by another tokenizer, or ids outside the tokenizer's vocabulary
-    (when recorded) are each one error naming the prefix.
+    (when recorded) are each one error naming the prefix. The arrays it returns view its memory
+    map: keep the dataset referenced while using them (megatron-core unmaps on deletion).
     """
     missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
     if missing:
@@ -112,7 +114,7 @@ def open_indexed_dataset(prefix: str, tokenizer: Tokenizer):
                 f"indexed dataset {prefix!r} was tokenized with {written_by.get('fingerprint')} "
                 f"(vocab {written_by.get('vocab_size')}), but training uses {tokenizer.fingerprint} "
                 f"(vocab {tokenizer.vocab_size}); preprocess it again with the training tokenizer")
-    return _megatron_indexed().IndexedDataset(prefix, mmap=True)
+    return load_indexed_dataset_module().IndexedDataset(prefix, mmap=True)
 
 
 def document_split(num_docs: int, weights: Sequence[float]) -> List[Tuple[int, int]]:

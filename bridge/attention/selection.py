@@ -70,12 +70,13 @@ def debug_level() -> int:
 
 
 def _ensure_debug_handler() -> None:
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[bridge.attention] %(message)s"))
-        logger.addHandler(handler)
-        logger.propagate = False
+    """Make the debug lines visible: through the application's logging if it has any, else on stderr."""
     logger.setLevel(logging.DEBUG)
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[bridge.attention] %(message)s"))
+    logger.addHandler(handler)
 
 
 def select_backend(

@@ -7,16 +7,31 @@ params, so every layer carries its own backend instead of reading process-wide e
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 from megatron.core.models.T5.t5_spec import decoder_model_with_local_spec, encoder_model_with_local_spec
+from megatron.core.transformer.attention import CrossAttention
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from bridge.attention import BridgeCoreAttention
 from bridge.models.backend import AttnBackend
+
+
+class FullHeadCrossAttention(CrossAttention):
+    """Cross-attention with every key/value head, whatever ``num_query_groups`` says.
+
+    megatron-core's ``CrossAttention`` rejects grouped-query configs, so in T5 the query groups (GQA / MQA)
+    apply to the encoder and decoder self-attention, and cross-attention keeps all heads.
+    """
+
+    def __init__(self, config, *args, **kwargs):
+        if config.num_query_groups != config.num_attention_heads:
+            config = dataclasses.replace(config, num_query_groups=config.num_attention_heads)
+        super().__init__(config, *args, **kwargs)
 
 
 def core_attention_spec(
@@ -50,6 +65,7 @@ def t5_block_specs(
     encoder.submodules.self_attention.submodules.core_attention = core_attention_spec(encoder_backend, encoder_exclude, deterministic, "encoder")
     decoder = decoder_model_with_local_spec()
     decoder.submodules.self_attention.submodules.core_attention = core_attention_spec(decoder_backend, decoder_exclude, deterministic, "decoder")
+    decoder.submodules.cross_attention.module = FullHeadCrossAttention
     decoder.submodules.cross_attention.submodules.core_attention = core_attention_spec(decoder_backend, decoder_exclude, deterministic, "decoder")
     return (
         TransformerBlockSubmodules([encoder] * encoder_layers, layer_norm=WrappedTorchNorm),

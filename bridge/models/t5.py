@@ -23,7 +23,9 @@ class T5ModelProvider(TransformerProvider):
     """Everything needed to build a megatron-core ``T5Model``; ``provide()`` builds it.
 
     The encoder and decoder may run different attention backends: ``encoder_attention_backend`` and
-    ``decoder_attention_backend`` default to ``attention_backend``.
+    ``decoder_attention_backend`` default to ``attention_backend``. ``num_query_groups`` (GQA / MQA)
+    applies to the self-attention of both stacks; cross-attention keeps every head, as megatron-core's
+    ``CrossAttention`` supports no grouped-query attention.
     """
 
     encoder_num_layers: Optional[int] = None

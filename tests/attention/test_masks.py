@@ -1,0 +1,45 @@
+import pytest
+import torch
+from megatron.core.transformer.enums import AttnMaskType
+
+from bridge.attention.inputs import AttentionMask
+
+
+def test_no_mask_and_causal_types():
+    assert AttentionMask.from_megatron(None, AttnMaskType.causal, 2, 4, 4, True).kind == "causal"
+    assert AttentionMask.from_megatron(None, AttnMaskType.padding, 2, 4, 4, True).kind == "none"
+    full = torch.zeros(2, 1, 1, 4, dtype=torch.bool)  # nothing masked
+    assert AttentionMask.from_megatron(full, AttnMaskType.padding, 2, 4, 4, True).kind == "none"
+
+
+def test_outer_product_mask_reduces_to_padding():
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    dense = ~(valid[:, :, None] & valid[:, None, :])[:, None]  # [b, 1, s, s], True = masked
+    mask = AttentionMask.from_megatron(dense, AttnMaskType.arbitrary, 2, 4, 4, True)
+    assert mask.kind == "padding"
+    assert torch.equal(mask.key_padding, valid) and torch.equal(mask.query_padding, valid)
+
+
+def test_causal_plus_padding_dense_mask_reduces():
+    valid = torch.tensor([[1, 1, 0, 0]], dtype=torch.bool)
+    causal = torch.tril(torch.ones(4, 4, dtype=torch.bool))
+    dense = ~(valid[:, :, None] & valid[:, None, :] & causal)[:, None]
+    mask = AttentionMask.from_megatron(dense, AttnMaskType.causal, 1, 4, 4, True)
+    assert mask.kind == "padding_causal"
+
+
+def test_irregular_mask_stays_dense():
+    dense = torch.zeros(1, 1, 3, 3, dtype=torch.bool)
+    dense[0, 0, 0, 1] = True
+    assert AttentionMask.from_megatron(dense, AttnMaskType.arbitrary, 1, 3, 3, True).kind == "arbitrary"
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 5), (2, 2, 1, 4, 4), (2, 1, 3, 4)])
+def test_bad_mask_shape_is_one_clear_error(shape):
+    with pytest.raises(ValueError, match=r"attention_mask has shape .*; expected \[b, 1, 1, 4\] or \[b, 1, 4, 4\]"):
+        AttentionMask.from_megatron(torch.zeros(shape, dtype=torch.bool), AttnMaskType.padding, 2, 4, 4, True)
+
+
+def test_float_mask_rejected():
+    with pytest.raises(ValueError, match="attention_mask must be a bool tensor"):
+        AttentionMask.from_megatron(torch.zeros(2, 1, 1, 4), AttnMaskType.padding, 2, 4, 4, True)

@@ -1,0 +1,108 @@
+import logging
+
+import pytest
+import torch
+
+from bridge.attention import AttentionInputs, BackendUnavailableError, select_backend
+from bridge.attention.selection import env_disabled_reason
+from bridge.models import AttnBackend, GPTModelProvider
+
+CPU_INPUTS = AttentionInputs(device_type="cpu", dtype=torch.float32, head_dim=64, num_heads=8, num_kv_heads=2,
+                             dropout_p=0.0, mask_kind="causal", seqlen_q=128, seqlen_k=128)
+GPU_BF16 = AttentionInputs(device_type="cuda", dtype=torch.bfloat16, head_dim=64, num_heads=8, num_kv_heads=8,
+                           dropout_p=0.0, mask_kind="causal", seqlen_q=128, seqlen_k=128)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    for var in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN", "NVTE_DEBUG", "NVTE_DEBUG_LEVEL"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_auto_resolves_to_local_on_cpu():
+    assert select_backend(AttnBackend.auto, CPU_INPUTS) is AttnBackend.local
+
+
+@pytest.mark.parametrize("level", ["1", "2"])
+def test_debug_log_names_choice_and_reasons(monkeypatch, caplog, level):
+    monkeypatch.setenv("NVTE_DEBUG", "1")
+    monkeypatch.setenv("NVTE_DEBUG_LEVEL", level)
+    with caplog.at_level(logging.DEBUG, logger="bridge.attention"):
+        select_backend(AttnBackend.auto, CPU_INPUTS, "gpt layer 3 (self attention)")
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("gpt layer 3 (self attention): running local (auto)")
+    assert "flash ruled out:" in line
+    assert "fused ruled out: fused (cuDNN) attention needs a CUDA GPU; this layer runs on cpu" in line
+    assert ("[inputs: device=cpu, dtype=float32, head_dim=64" in line) == (level == "2")
+
+
+def test_no_debug_log_without_nvte_debug(caplog):
+    with caplog.at_level(logging.DEBUG, logger="bridge.attention"):
+        select_backend(AttnBackend.auto, CPU_INPUTS)
+    assert not caplog.records
+
+
+def test_model_layers_log_their_backend(monkeypatch, caplog):
+    monkeypatch.setenv("NVTE_DEBUG", "1")
+    model = GPTModelProvider(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=50, seq_length=8).provide()
+    with caplog.at_level(logging.DEBUG, logger="bridge.attention"):
+        model(torch.randint(0, 50, (1, 8)), torch.arange(8)[None], None)
+    lines = [r.getMessage() for r in caplog.records]
+    expected = "running local (auto)"
+    assert [l.split(":")[0] for l in lines] == ["gpt layer 1 (self attention)", "gpt layer 2 (self attention)"]
+    assert all(expected in l for l in lines)
+
+
+@pytest.mark.parametrize("var, backend", [("NVTE_FLASH_ATTN", AttnBackend.flash), ("NVTE_FUSED_ATTN", AttnBackend.fused),
+                                          ("NVTE_UNFUSED_ATTN", AttnBackend.local)])
+def test_env_switch_disables_backend(monkeypatch, var, backend):
+    monkeypatch.setenv(var, "0")
+    assert env_disabled_reason(backend) == f"disabled by {var}=0"
+
+
+def test_explicit_backend_disabled_by_env_is_an_error(monkeypatch):
+    monkeypatch.setenv("NVTE_UNFUSED_ATTN", "0")
+    with pytest.raises(BackendUnavailableError, match=r"attention_backend=local cannot run layer 1: disabled by NVTE_UNFUSED_ATTN=0"):
+        select_backend(AttnBackend.local, CPU_INPUTS, "layer 1")
+    with pytest.raises(BackendUnavailableError, match="NVTE_UNFUSED_ATTN=0"):
+        select_backend(AttnBackend.unfused, CPU_INPUTS, "layer 1")
+
+
+def test_explicit_disabled_backend_fails_at_provide(monkeypatch):
+    monkeypatch.setenv("NVTE_UNFUSED_ATTN", "0")
+    with pytest.raises(BackendUnavailableError, match="attention_backend=local cannot run the GPT attention layers: disabled by NVTE_UNFUSED_ATTN=0"):
+        GPTModelProvider(attention_backend="local", vocab_size=10, num_layers=1, hidden_size=16, num_attention_heads=2).provide()
+
+
+def test_auto_with_everything_ruled_out_lists_all_reasons(monkeypatch):
+    monkeypatch.setenv("NVTE_UNFUSED_ATTN", "0")
+    with pytest.raises(BackendUnavailableError) as err:
+        select_backend(AttnBackend.auto, CPU_INPUTS, "layer 2")
+    message = str(err.value)
+    assert message.startswith("no attention backend can run layer 2: flash: ")
+    assert "fused: fused (cuDNN) attention needs a CUDA GPU" in message and "local: disabled by NVTE_UNFUSED_ATTN=0" in message
+
+
+def test_exclude_removes_flash_from_auto(monkeypatch, caplog):
+    monkeypatch.setenv("NVTE_DEBUG", "1")
+    with caplog.at_level(logging.DEBUG, logger="bridge.attention"):
+        select_backend(AttnBackend.auto, CPU_INPUTS, "layer 1", exclude=(AttnBackend.flash,))
+    assert "flash ruled out: excluded by use_flash_attention=False" in caplog.records[0].getMessage()
+
+
+def test_flash_rules_name_the_constraint():
+    from bridge.attention import flash
+
+    dropout = AttentionInputs("cuda", torch.bfloat16, 64, 8, 8, dropout_p=0.1, mask_kind="causal")
+    assert "no attention dropout (attention_dropout=0.1)" in flash.unsupported_reason(dropout)
+    arbitrary = AttentionInputs("cuda", torch.bfloat16, 64, 8, 8, dropout_p=0.0, mask_kind="arbitrary")
+    assert "not an arbitrary dense mask" in flash.unsupported_reason(arbitrary)
+
+
+def test_fused_rules_name_the_constraint():
+    from bridge.attention import fused
+
+    fp32 = AttentionInputs("cuda", torch.float32, 64, 8, 8, 0.0)
+    assert fused.unsupported_reason(fp32) == "fused (cuDNN) attention supports bf16 and fp16, not float32"
+    odd = AttentionInputs("cuda", torch.bfloat16, 60, 8, 8, 0.0)
+    assert "multiple of 8" in fused.unsupported_reason(odd)

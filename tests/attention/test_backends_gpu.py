@@ -95,3 +95,56 @@ def test_fused_function_matches_local_with_gqa_and_padding(causal):
     out = fused_attention(q, k, v, mask, 0.125, 0.0)
     ref = local_attention(q, k, v, mask, 0.125, 0.0)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("groups", [None, 1, 2])
+def test_gpt_flash_matches_local_in_bf16(groups):
+    fields = dict(num_layers=2, hidden_size=256, num_attention_heads=4, num_query_groups=groups, seq_length=256)
+    local = build(GPTModelProvider, "local", **fields)
+    flash = build(GPTModelProvider, "flash", **fields)
+    same_weights(flash, local)
+    tokens = torch.randint(0, VOCAB, (2, 256), device="cuda")
+    pos = torch.arange(256, device="cuda").expand(2, 256)
+    losses, grads = {}, {}
+    for name, model in (("local", local), ("flash", flash)):
+        loss = model(tokens, pos, None, labels=tokens).float()
+        loss.mean().backward()
+        losses[name] = loss
+        grads[name] = model.decoder.layers[0].self_attention.linear_qkv.weight.grad.float()
+        assert all(m.last_backend is AttnBackend(name) for m in attention_modules(model))
+    torch.testing.assert_close(losses["flash"], losses["local"], atol=3e-2, rtol=3e-2)
+    assert (grads["flash"] - grads["local"]).norm() / grads["local"].norm() < 5e-2
+
+
+def test_t5_flash_varlen_matches_local_with_padding_and_cross_attention():
+    fields = dict(num_layers=2, hidden_size=256, num_attention_heads=4, seq_length=96, decoder_seq_length=48)
+    local = build(T5ModelProvider, "local", **fields)
+    flash = build(T5ModelProvider, "flash", **fields)
+    same_weights(flash, local)
+    enc = torch.randint(0, VOCAB, (3, 96), device="cuda")
+    dec = torch.randint(0, VOCAB, (3, 48), device="cuda")
+    enc_valid = torch.ones(3, 96, dtype=torch.bool, device="cuda")
+    enc_valid[0, 41:] = False
+    enc_valid[2, 77:] = False
+    dec_valid = torch.ones(3, 48, dtype=torch.bool, device="cuda")
+    dec_valid[1, 19:] = False
+    masks = (~enc_valid[:, None, None, :], ~dec_valid[:, None, None, :], ~enc_valid[:, None, None, :])
+    losses = {}
+    for name, model in (("local", local), ("flash", flash)):
+        loss = model(enc, dec, *masks, lm_labels=dec).float()
+        (loss * dec_valid).sum().backward()
+        losses[name] = loss * dec_valid
+        assert {m.last_backend for m in attention_modules(model)} == {AttnBackend(name)}
+    torch.testing.assert_close(losses["flash"], losses["local"], atol=3e-2, rtol=3e-2)
+
+
+def test_t5_mixed_backends_on_gpu():
+    model = build(T5ModelProvider, "auto", num_layers=1, hidden_size=256, num_attention_heads=4, seq_length=64,
+                  decoder_seq_length=32, encoder_attention_backend="fused", decoder_attention_backend="local")
+    enc = torch.randint(0, VOCAB, (2, 64), device="cuda")
+    dec = torch.randint(0, VOCAB, (2, 32), device="cuda")
+    ones_e = torch.zeros(2, 1, 1, 64, dtype=torch.bool, device="cuda")
+    ones_d = torch.zeros(2, 1, 1, 32, dtype=torch.bool, device="cuda")
+    model(enc, dec, ones_e, ones_d, ones_e, lm_labels=dec)
+    ran = {n.split(".")[0]: m.last_backend for n, m in model.named_modules() if isinstance(m, BridgeCoreAttention)}
+    assert ran == {"encoder": AttnBackend.fused, "decoder": AttnBackend.local}

@@ -12,6 +12,7 @@ The trainer needs three calls::
 * Tokenizers (:mod:`.tokenizers`): ``byte`` | ``huggingface`` (local tokenizer.json) |
   ``sentencepiece`` (local .model), one interface: ``vocab_size``, ``encode``, ``decode``,
   ``eos_id``, ``bos_id``, ``pad_id``, ``sentinel_ids`` (>= 100, for T5).
+  ``check_vocab_fits(tokenizer, model_vocab_size)`` is the one-line error for a model too small.
 * Embedded default (:mod:`.corpus`): with ``DataConfig.paths`` empty, pretraining reads a corpus
   generated from the Python standard library's docstrings and language reference (no download,
   ~2.3 MB, fixed train/validation split), tokenized into megatron-core ``.bin/.idx`` files in the
@@ -33,10 +34,10 @@ from bridge.data.config import DataConfig, DatasetKind
 from bridge.data.finetune_task import TaskExample, embedded_task_paths, evaluate_accuracy, read_task_examples
 from bridge.data.indexed import open_indexed_dataset, write_indexed_dataset
 from bridge.data.samplers import PretrainingSampler
-from bridge.data.tokenizers import Tokenizer, TokenizerConfig, TokenizerType, build_tokenizer
+from bridge.data.tokenizers import Tokenizer, TokenizerConfig, TokenizerType, build_tokenizer, check_vocab_fits
 
 __all__ = [
     "DataConfig", "DatasetKind", "PretrainingSampler", "TaskExample", "Tokenizer", "TokenizerConfig",
-    "TokenizerType", "build_datasets", "build_tokenizer", "embedded_corpus_prefixes", "embedded_task_paths",
+    "TokenizerType", "build_datasets", "build_tokenizer", "check_vocab_fits", "embedded_corpus_prefixes", "embedded_task_paths",
     "evaluate_accuracy", "open_indexed_dataset", "read_task_examples", "write_indexed_dataset",
 ]

@@ -290,3 +290,11 @@ def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
     if kind is TokenizerType.huggingface:
         return HuggingFaceTokenizer(path, cfg.eos_token)
     return SentencePieceTokenizer(path, cfg.eos_token)
+
+
+def check_vocab_fits(tokenizer: Tokenizer, model_vocab_size: int) -> None:
+    """Raise one clear error when the model's embedding has fewer rows than the tokenizer has ids."""
+    if model_vocab_size < tokenizer.vocab_size:
+        raise ValueError(
+            f"model vocab_size={model_vocab_size} is smaller than the tokenizer's {tokenizer.vocab_size} ids "
+            f"({tokenizer.fingerprint}); set the model's vocab_size to at least {tokenizer.vocab_size}")

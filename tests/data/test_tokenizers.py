@@ -76,3 +76,13 @@ def test_corrupt_tokenizer_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="cannot read Hugging Face tokenizer"):
         build_tokenizer(TokenizerConfig(type="huggingface", path=str(bad)))
+
+
+def test_check_vocab_fits():
+    from bridge.data.tokenizers import check_vocab_fits
+
+    tok = ByteTokenizer()
+    check_vocab_fits(tok, 384)
+    check_vocab_fits(tok, tok.vocab_size)
+    with pytest.raises(ValueError, match="vocab_size=256 is smaller than the tokenizer's 359"):
+        check_vocab_fits(tok, 256)

@@ -1,0 +1,58 @@
+// Backward-only device helpers on top of the shared mma / ldmatrix / cp.async primitives
+// (flash_primitives.cuh): unpacking, element-granular swizzled offsets and the per-sequence geometry.
+#pragma once
+#include <cstdint>
+
+#include "flash_primitives.cuh"
+
+namespace bridge_flash {
+namespace bwd {
+
+/// Unpacks one 32-bit register of two 16-bit elements into fp32 (x = low half).
+template <typename T>
+__device__ __forceinline__ float2 unpack2(uint32_t v);
+
+template <>
+__device__ __forceinline__ float2 unpack2<__nv_bfloat16>(uint32_t v) {
+    return __bfloat1622float2(*reinterpret_cast<__nv_bfloat162*>(&v));
+}
+
+template <>
+__device__ __forceinline__ float2 unpack2<__half>(uint32_t v) {
+    return __half22float2(*reinterpret_cast<__half2*>(&v));
+}
+
+/// Element offset of (row, col) in a swizzled [rows][kCols] tile (see swizzled_offset); col may point
+/// inside a 16-byte chunk, as the accumulator-to-shared stores of dS do.
+template <int kCols>
+__device__ __forceinline__ int swz(int row, int col) {
+    static_assert(kCols % 64 == 0, "swizzled tiles need at least 8 chunks of 16 bytes per row");
+    return swizzled_offset<kCols>(row, col >> 3) + (col & 7);
+}
+
+/// Where one sequence of the batch lives: its first row (global packed row for varlen) and its length.
+struct SeqSpan {
+    int start;  // varlen: cu_seqlens[bi]; fixed: 0
+    int len;    // rows in this sequence
+};
+
+__device__ __forceinline__ SeqSpan seq_span(const int* cu_seqlens, int bi, int fixed_len) {
+    if (cu_seqlens == nullptr) return {0, fixed_len};
+    const int s = cu_seqlens[bi];
+    return {s, cu_seqlens[bi + 1] - s};
+}
+
+/// Element offset of row 0 of sequence `bi`: varlen tensors ignore the batch stride and start at the
+/// sequence's first packed row.
+__device__ __forceinline__ int64_t seq_offset(bool varlen, int bi, int start, int64_t batch_stride,
+                                              int64_t row_stride) {
+    return varlen ? static_cast<int64_t>(start) * row_stride : static_cast<int64_t>(bi) * batch_stride;
+}
+
+/// Row of the fp32 dQ accumulator ([rows, h, D]) that holds row r of sequence bi.
+__device__ __forceinline__ int64_t accum_row(bool varlen, int bi, int start, int seqlen_q, int r) {
+    return varlen ? static_cast<int64_t>(start) + r : static_cast<int64_t>(bi) * seqlen_q + r;
+}
+
+}  // namespace bwd
+}  // namespace bridge_flash

@@ -28,7 +28,8 @@ from bridge.data.tokenizers import TokenizerConfig, TokenizerType, build_tokeniz
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", required=True, nargs="+", help="JSONL file(s), read in the order given")
-    parser.add_argument("--output-prefix", required=True, help="writes PREFIX.bin, PREFIX.idx (and PREFIX.tokenizer.json)")
+    parser.add_argument("--output-prefix", required=True,
+                        help="writes PREFIX.bin, PREFIX.idx (and PREFIX.tokenizer.json)")
     parser.add_argument("--json-key", default="text", help="field of each JSON line holding the text (default: text)")
     parser.add_argument("--tokenizer-type", default="byte", choices=[t.value for t in TokenizerType],
                         help="tokenizer kind (default: byte, needs no file)")

@@ -38,6 +38,7 @@ from bridge.data.tokenizers import Tokenizer, TokenizerConfig, TokenizerType, bu
 
 __all__ = [
     "DataConfig", "DatasetKind", "PretrainingSampler", "TaskExample", "Tokenizer", "TokenizerConfig",
-    "TokenizerType", "build_datasets", "build_tokenizer", "check_vocab_fits", "embedded_corpus_prefixes", "embedded_task_paths",
+    "TokenizerType", "build_datasets", "build_tokenizer", "check_vocab_fits", "embedded_corpus_prefixes",
+    "embedded_task_paths",
     "evaluate_accuracy", "open_indexed_dataset", "read_task_examples", "write_indexed_dataset",
 ]

@@ -16,9 +16,10 @@ GPT dataset does).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Iterable, List, NamedTuple, Sequence, Tuple
+from typing import Iterable, Iterator, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 
@@ -51,6 +52,17 @@ def token_dtype(vocab_size: int) -> type:
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
 
 
+def _encoded(texts: Iterable[str], tokenizer: Tokenizer, batch: int = 1024) -> Iterator[List[int]]:
+    """Token ids of each text, in order; batched when the tokenizer can encode in parallel."""
+    encode_batch = getattr(tokenizer, "encode_batch", None)
+    if encode_batch is None:
+        yield from (tokenizer.encode(t) if t else [] for t in texts)
+        return
+    texts = iter(texts)
+    while chunk := list(itertools.islice(texts, batch)):
+        yield from encode_batch(chunk)
+
+
 def write_indexed_dataset(texts: Iterable[str], tokenizer: Tokenizer, prefix: str) -> WriteStats:
     """Tokenize ``texts`` (one document each, eos appended) into ``prefix.bin``/``prefix.idx``.
 
@@ -65,21 +77,25 @@ def write_indexed_dataset(texts: Iterable[str], tokenizer: Tokenizer, prefix: st
     documents = tokens = skipped = 0
     import torch  # the builder takes tensors
 
-    for text in texts:
-        ids = tokenizer.encode(text) if text else []
-        if not ids:
-            skipped += 1
-            continue
-        ids.append(tokenizer.eos_id)
-        builder.add_item(torch.tensor(ids, dtype=torch.int64))
-        builder.end_document()
-        documents += 1
-        tokens += len(ids)
-    builder.finalize(indexed.get_idx_path(tmp))
-    if documents == 0:
+    try:
+        for ids in _encoded(texts, tokenizer):
+            if not ids:
+                skipped += 1
+                continue
+            ids.append(tokenizer.eos_id)
+            builder.add_item(torch.tensor(ids, dtype=torch.int64))
+            builder.end_document()
+            documents += 1
+            tokens += len(ids)
+        builder.finalize(indexed.get_idx_path(tmp))
+        if documents == 0:
+            raise ValueError(f"no non-empty text to write to {prefix} ({skipped} empty texts)")
+    except BaseException:
+        builder.data_file.close()
         for path in (indexed.get_bin_path(tmp), indexed.get_idx_path(tmp)):
-            os.remove(path)
-        raise ValueError(f"no non-empty text to write to {prefix} ({skipped} empty texts)")
+            if os.path.exists(path):
+                os.remove(path)
+        raise
     with open(sidecar_path(tmp), "w") as f:
         json.dump({"fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size}, f)
     # The .idx goes last: readers test for it, so a dataset never looks complete before it is.

@@ -14,7 +14,8 @@ DOCS = [f"document number {i}: " + "lorem ipsum " * (i % 7 + 1) for i in range(4
 
 
 def _preprocess_main():
-    spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(REPO, "scripts", "preprocess_data.py"))
+    script = os.path.join(REPO, "scripts", "preprocess_data.py")
+    spec = importlib.util.spec_from_file_location("preprocess_data", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
@@ -94,6 +95,7 @@ def test_preprocess_errors_exit_nonzero(tmp_path, capsys):
     assert main(["--input", str(bad), "--output-prefix", str(tmp_path / "x")]) == 1
     assert "bad.jsonl:2" in capsys.readouterr().err
     assert not os.path.exists(str(tmp_path / "x.idx"))
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]  # no half-written temporary files either
 
 
 def test_embedded_default_is_an_indexed_dataset(cache_dir):

@@ -21,8 +21,14 @@ from bridge.training.config import (
     CheckpointConfig, DecayStyle, Device, LoggingConfig, OptimizerConfig, OptimizerType, Precision,
     SchedulerConfig, TrainingConfig,
 )
+from bridge.training.checkpointing import CheckpointError, load_run_config, load_weights, resolve_checkpoint
+from bridge.training.distributed import DistributedEnv, init_distributed, shutdown_distributed
+from bridge.training.generation import generate
+from bridge.training.trainer import TrainingDivergedError, TrainResult, train
 
 __all__ = [
-    "CheckpointConfig", "DecayStyle", "Device", "LoggingConfig", "OptimizerConfig", "OptimizerType",
-    "Precision", "SchedulerConfig", "TrainingConfig",
+    "CheckpointConfig", "CheckpointError", "DecayStyle", "Device", "DistributedEnv", "LoggingConfig",
+    "OptimizerConfig", "OptimizerType", "Precision", "SchedulerConfig", "TrainResult", "TrainingConfig",
+    "TrainingDivergedError", "generate", "init_distributed", "load_run_config", "load_weights",
+    "resolve_checkpoint", "shutdown_distributed", "train",
 ]

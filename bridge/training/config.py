@@ -71,8 +71,8 @@ class OptimizerConfig:
     """The optimizer (megatron-core ``get_megatron_optimizer``); ``optimizer.*`` in the recipes."""
 
     optimizer: OptimizerType = OptimizerType.adamw
-    """adam | adamw | sgd. megatron-core's Adam applies decoupled weight decay, so adam and adamw
-    behave the same there (adamw is the usual name)."""
+    """adam | adamw | sgd. adamw decouples the weight decay from the gradient (the usual choice);
+    adam adds it to the gradient (L2)."""
 
     lr: float = 3e-4
     """Peak learning rate, reached at the end of warmup."""

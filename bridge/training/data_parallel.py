@@ -1,0 +1,71 @@
+"""Data-parallel wrapping of the model.
+
+On CUDA: megatron-core's ``DistributedDataParallel`` (contiguous fp32 gradient buffers, bucketed
+all-reduce or reduce-scatter for the distributed optimizer). Its buffers are allocated on the current CUDA
+device unconditionally, so on the CPU (gloo) :class:`AllReduceDataParallel` does the same job more simply:
+gradients accumulate in ``param.grad`` and are averaged over the data-parallel group once per step. Both
+expose what the trainer uses: ``module``, ``no_sync()``, ``finish_grad_sync()``, ``zero_grad_buffer()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+
+class AllReduceDataParallel(torch.nn.Module):
+    """Averages gradients over the data-parallel ranks in ``finish_grad_sync`` (one flat all-reduce)."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.group = parallel_state.get_data_parallel_group()
+        self.size = parallel_state.get_data_parallel_world_size()
+        if self.size > 1:  # identical starting weights on every rank (each initialised from the same seed)
+            for tensor in list(module.parameters()) + list(module.buffers()):
+                dist.broadcast(tensor.data, src=dist.get_global_rank(self.group, 0), group=self.group)
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Gradients are only reduced in ``finish_grad_sync``, so accumulation needs nothing here."""
+        yield
+
+    @torch.no_grad()
+    def finish_grad_sync(self) -> None:
+        if self.size == 1:
+            return
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat, group=self.group)
+        flat /= self.size
+        for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(reduced)
+
+    def zero_grad_buffer(self) -> None:
+        for p in self.module.parameters():
+            p.grad = None
+
+    def sharded_state_dict(self, *args, **kwargs):
+        return self.module.sharded_state_dict(*args, **kwargs)
+
+
+def wrap_data_parallel(model: torch.nn.Module, device: torch.device, use_distributed_optimizer: bool):
+    """``model`` wrapped for data parallelism on ``device`` (see the module docstring)."""
+    if device.type != "cuda":
+        return AllReduceDataParallel(model)
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=False,
+        use_distributed_optimizer=use_distributed_optimizer,
+        check_for_nan_in_grad=False,  # the trainer checks the loss itself and stops with its own message
+    )
+    return DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)

@@ -1,0 +1,102 @@
+"""Process groups for a run: torch.distributed from the torchrun environment, then megatron-core's parallel state.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; a plain
+``python`` launch has none of them and becomes a 1-process group. NCCL runs on GPUs, gloo on the CPU. The
+model's tensor × pipeline sizes split the world; the remaining factor is data parallel.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from bridge.models.parallel import ensure_model_parallel
+from bridge.training.config import Device, TrainingConfig, parse_choice
+
+
+@dataclass(frozen=True)
+class DistributedEnv:
+    """Where this process sits in the run."""
+
+    rank: int
+    world_size: int
+    data_parallel_rank: int
+    data_parallel_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """The process that logs, prints and writes shared files."""
+        return self.rank == 0
+
+
+def resolve_device(train_cfg: TrainingConfig) -> torch.device:
+    """The device ``train.device`` asks for; ``cuda`` without a GPU is an error, ``auto`` falls back to the CPU."""
+    choice = parse_choice(Device, train_cfg.device, "train.device")
+    if choice is Device.cuda and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
+    if choice is Device.cpu or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init_distributed(run) -> DistributedEnv:
+    """Initialise torch.distributed and megatron-core's parallel state for ``run``; safe to call twice.
+
+    ``run.model`` supplies the tensor / pipeline sizes, ``run.train.device`` the backend (NCCL on
+    CUDA, gloo on the CPU). Returns this process's :class:`DistributedEnv`.
+    """
+    device = resolve_device(run.train)
+    if not dist.is_initialized():
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        if "RANK" in os.environ:  # launched by torchrun: the env:// rendezvous has everything
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        elif world == 1:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            from bridge.models.parallel import _free_port  # one helper for a free port, shared with provide()
+
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+        else:
+            raise RuntimeError(f"WORLD_SIZE={world} but RANK is not set: launch multi-process runs with torchrun")
+    elif device.type == "cuda":
+        torch.cuda.set_device(device)
+    tp, pp = run.model.tensor_model_parallel_size, run.model.pipeline_model_parallel_size
+    world = dist.get_world_size()
+    if world % (tp * pp) != 0:
+        raise RuntimeError(
+            f"{world} processes cannot be split into tensor_model_parallel_size={tp} × "
+            f"pipeline_model_parallel_size={pp}; launch a multiple of {tp * pp} processes")
+    ensure_model_parallel(tp, pp, seed=run.train.seed)
+    return DistributedEnv(
+        rank=dist.get_rank(),
+        world_size=world,
+        data_parallel_rank=parallel_state.get_data_parallel_rank(),
+        data_parallel_size=parallel_state.get_data_parallel_world_size(),
+        device=device,
+    )
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed Python, NumPy and torch; on GPU also megatron's tensor-parallel RNG tracker (dropout per TP rank)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def shutdown_distributed() -> None:
+    """Destroy megatron's parallel state and the process group (end of ``scripts/train.py``)."""
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

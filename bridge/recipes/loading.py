@@ -1,0 +1,90 @@
+"""Compose a recipe with Hydra's compose API: the same path for ``scripts/train.py`` and for Python users.
+
+    from bridge.recipes import load_config
+    run = load_config("gpt_pretrain", overrides=["model=gpt_126m", "train.train_steps=100"])
+
+Recipes are looked up in ``conf/`` next to the package (or ``$BRIDGE_CONFIG_DIR``); a ``config_dir`` of
+your own is searched first, with bridge's ``conf/`` behind it, so your recipes can build on ``base`` and
+the model presets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from bridge.recipes.assembly import build_run_config
+from bridge.recipes.errors import ConfigError, config_error, did_you_mean
+from bridge.recipes.schema import RunConfig, register_configs
+from bridge.recipes.seq_lengths import mirror_overrides
+
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
+"""bridge's own recipes (``conf/`` at the repository root)."""
+
+
+def default_config_dir() -> Path:
+    """``$BRIDGE_CONFIG_DIR`` if set, else bridge's ``conf/``."""
+    return Path(os.environ.get("BRIDGE_CONFIG_DIR") or PACKAGE_CONFIG_DIR).resolve()
+
+
+def list_recipes(config_dir: Optional[os.PathLike] = None) -> List[str]:
+    """Names usable as ``--config-name``: YAML files under the config folder, outside config groups."""
+    root = Path(config_dir or default_config_dir())
+    names = []
+    for path in sorted(root.rglob("*.yaml")):
+        rel = path.relative_to(root).with_suffix("").as_posix()
+        if not rel.startswith("model/"):
+            names.append(rel)
+    return names
+
+
+def _search_path_overrides(primary: Path) -> List[str]:
+    """Put bridge's ``conf/`` behind a user's config folder so ``base`` and presets resolve from there."""
+    package = default_config_dir()
+    if primary == package:
+        return []
+    return [f"hydra.searchpath=[file://{package}]"]
+
+
+def compose_config(
+    config_name: str, overrides: Sequence[str] = (), config_dir: Optional[os.PathLike] = None
+) -> DictConfig:
+    """The composed recipe (struct mode) with ``overrides`` applied and the sequence lengths mirrored.
+
+    Any problem (unknown key, bad value, missing recipe or preset) is a one-line :class:`ConfigError`.
+    """
+    primary = Path(config_dir).resolve() if config_dir else default_config_dir()
+    if not primary.is_dir():
+        raise ConfigError(f"config folder {str(primary)!r} does not exist")
+    overrides = list(overrides)
+    register_configs()
+    with initialize_config_dir(config_dir=str(primary), version_base=None, job_name="bridge"):
+        try:
+            cfg = compose(config_name=config_name, overrides=overrides + _search_path_overrides(primary))
+        except MissingConfigException as exc:
+            if exc.missing_cfg_file == config_name or not exc.options and "primary config" in str(exc):
+                recipes = list_recipes(primary)
+                raise ConfigError(
+                    f"no recipe named {config_name!r}{did_you_mean(config_name, recipes)} "
+                    f"(recipes in {primary}: {', '.join(recipes)})") from exc
+            raise config_error(exc) from exc
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise config_error(exc) from exc
+    try:
+        mirror_overrides(cfg, overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise config_error(exc) from exc
+    return cfg
+
+
+def load_config(
+    config_name: str, overrides: Sequence[str] = (), config_dir: Optional[os.PathLike] = None
+) -> RunConfig:
+    """Compose recipe ``config_name`` with Hydra overrides and build the validated :class:`RunConfig`."""
+    return build_run_config(compose_config(config_name, overrides, config_dir))

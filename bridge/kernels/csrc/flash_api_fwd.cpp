@@ -1,5 +1,6 @@
 // Torch binding of the forward kernel: checks every argument, allocates out / lse, fills FwdParams and
 // dispatches on (dtype, head dim). Registers torch.ops.bridge_flash.fwd (see CONTRACT.md).
+#include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

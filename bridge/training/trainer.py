@@ -63,6 +63,8 @@ class TrainResult:
     """GPT: the end-of-run greedy continuation of SAMPLE_PROMPT."""
     accuracy: Optional[float] = None
     """GPT fine-tuning on the embedded task: exact-match accuracy on validation examples."""
+    attention_backends: List[str] = field(default_factory=list)
+    """The attention backends the model's layers ran in their latest forward (``last_backend``)."""
 
 
 def resolve_precision(precision, device: torch.device) -> str:
@@ -193,6 +195,8 @@ def train(run) -> TrainResult:
             batches = _loader(train_ds, total_samples, consumed, cfg.micro_batch_size, env, run.data.num_workers)
             _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_ds, accumulation, step,
                   snapshot, reporter, result, flops_per_sample, peak)
+        result.attention_backends = sorted({str(getattr(m.last_backend, "value", m.last_backend))
+                                            for m in core.modules() if getattr(m, "last_backend", None)})
         result.valid_loss = evaluate(wrapped, valid_ds, run, env, family)
         reporter.metrics(cfg.train_steps, {"loss": result.valid_loss}, prefix="valid")
         if ckpt.dir:

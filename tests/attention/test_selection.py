@@ -45,10 +45,11 @@ def test_no_debug_log_without_nvte_debug(caplog):
 def test_model_layers_log_their_backend(monkeypatch, caplog):
     monkeypatch.setenv("NVTE_DEBUG", "1")
     model = GPTModelProvider(num_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=50, seq_length=8).provide()
+    device = next(model.parameters()).device
     with caplog.at_level(logging.DEBUG, logger="bridge.attention"):
-        model(torch.randint(0, 50, (1, 8)), torch.arange(8)[None], None)
+        model(torch.randint(0, 50, (1, 8), device=device), torch.arange(8, device=device)[None], None)
     lines = [r.getMessage() for r in caplog.records]
-    expected = "running local (auto)"
+    expected = "running local (auto)"  # fp32 model: on a GPU too, flash and fused need bf16/fp16
     assert [l.split(":")[0] for l in lines] == ["gpt layer 1 (self attention)", "gpt layer 2 (self attention)"]
     assert all(expected in l for l in lines)
 

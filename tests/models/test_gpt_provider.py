@@ -17,6 +17,10 @@ def tiny(**overrides):
     return GPTModelProvider(**fields)
 
 
+def device_of(model):
+    return next(model.parameters()).device
+
+
 def attention_modules(model):
     return [m for m in model.modules() if isinstance(m, BridgeCoreAttention)]
 
@@ -29,8 +33,8 @@ def test_mha_gqa_mqa_build_and_train_step_on_cpu(groups, kv_heads):
     qkv = model.decoder.layers[0].self_attention.linear_qkv.weight
     head_dim = 64 // 8
     assert qkv.shape[0] == (8 + 2 * kv_heads) * head_dim  # K/V projections really have kv_heads heads
-    tokens = torch.randint(0, VOCAB, (2, 16))
-    positions = torch.arange(16).expand(2, 16)
+    tokens = torch.randint(0, VOCAB, (2, 16), device=device_of(model))
+    positions = torch.arange(16, device=tokens.device).expand(2, 16)
     loss = model(tokens, positions, None, labels=tokens)
     assert loss.shape == (2, 16) and torch.isfinite(loss).all()
     loss.mean().backward()
@@ -155,8 +159,8 @@ def test_rope_rmsnorm_swiglu_model_runs():
     model = tiny(position_embedding_type="rope", normalization="RMSNorm", activation="swiglu",
                  add_bias_linear=False, num_query_groups=2).provide()
     assert isinstance(model.decoder.final_layernorm, torch.nn.RMSNorm)
-    tokens = torch.randint(0, VOCAB, (1, 8))
-    logits = model(tokens, torch.arange(8)[None], None)
+    tokens = torch.randint(0, VOCAB, (1, 8), device=device_of(model))
+    logits = model(tokens, torch.arange(8, device=tokens.device)[None], None)
     assert logits.shape == (1, 8, 128)
 
 
@@ -176,7 +180,7 @@ def test_preset_overrides_and_unknown_preset():
 
 def test_tiny_preset_trains_one_step():
     model = get_preset("gpt_tiny", vocab_size=VOCAB, attention_backend="local").provide()
-    tokens = torch.randint(0, VOCAB, (2, 32))
-    loss = model(tokens, torch.arange(32).expand(2, 32), None, labels=tokens).mean()
+    tokens = torch.randint(0, VOCAB, (2, 32), device=device_of(model))
+    loss = model(tokens, torch.arange(32, device=tokens.device).expand(2, 32), None, labels=tokens).mean()
     loss.backward()
     assert torch.isfinite(loss)

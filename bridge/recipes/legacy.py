@@ -359,6 +359,7 @@ def _translate_model(t: _Translation) -> Optional[int]:
         t.put("data.seed", seed)
     t.move("model.use_cpu_initialization", "model.use_cpu_initialization", lambda v: True if v else None)
     if t.family == "gpt":
+        t.move("model.num_layers", "model.num_layers")
         t.move("model.share_embeddings_and_output_weights", "model.share_embeddings_and_output_weights")
         for name, value in _stack_settings(t, "model").items():
             t.put(f"model.{name}", value)

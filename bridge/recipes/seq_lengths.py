@@ -53,6 +53,8 @@ def mirror_overrides(cfg: DictConfig, overrides: Iterable[str]) -> None:
             )
         if len(given) == 1:
             (source, value), = given.items()
+            if value is None:  # model.decoder_seq_length=null: "same as the encoder", settled when building
+                continue
             target = data_key if source == model_key else model_key
             OmegaConf.update(cfg, target, value, merge=False)
 

@@ -87,7 +87,7 @@ def is_built() -> bool:
 
 def toolchain_missing_reason() -> Optional[str]:
     """One sentence naming the missing build tool, or None when the extension can be built (or is built)."""
-    if is_built():
+    if _loaded or is_built():
         return None
     if find_nvcc() is None:
         return "nvcc was not found (set CUDA_HOME or put nvcc on PATH), so the flash kernel cannot be built"
@@ -104,12 +104,16 @@ def _nvcc_flags() -> list[str]:
         flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
     if os.environ.get("BRIDGE_FLASH_VERBOSE"):
         flags.append("-Xptxas=-v")  # register / spill report per kernel
+    # Tuning experiments, e.g. "-DBRIDGE_FWD_BLOCKN_D128=64" (use a separate BRIDGE_KERNEL_BUILD_DIR).
+    flags.extend(os.environ.get("BRIDGE_FLASH_EXTRA_CFLAGS", "").split())
     return flags
 
 
 def load_ops():
     """Builds (once) and loads the extension; returns the ``torch.ops.bridge_flash`` namespace."""
     global _loaded
+    if _loaded:  # fast path: this runs on every kernel call
+        return torch.ops.bridge_flash
     with _load_lock:
         if not _loaded:
             reason = toolchain_missing_reason()

@@ -12,6 +12,7 @@ Layers, top to bottom:
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import torch
@@ -37,26 +38,46 @@ def unavailable_reason(
     if device is None:
         if not torch.cuda.is_available():
             return "the flash kernel needs a CUDA GPU, but no CUDA device is available"
-        device = torch.device("cuda")
-    device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        device = torch.cuda.current_device()
+    device = torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
     if device.type != "cuda":
         return f"the flash kernel needs a CUDA GPU, but the device is {device}"
     if not torch.cuda.is_available():
         return "the flash kernel needs a CUDA GPU, but no CUDA device is available"
-    capability = torch.cuda.get_device_capability(device)
-    if capability not in build.supported_capabilities():
-        name = torch.cuda.get_device_name(device)
-        built = ", ".join(f"sm_{major}{minor}" for major, minor in build.supported_capabilities())
-        return (
-            f"GPU {name} is sm_{capability[0]}{capability[1]}, but the flash kernel supports {built} "
-            f"(set BRIDGE_FLASH_ARCHS=90a,80 to build for Ampere/Ada too)"
-        )
+    reason = _gpu_reason(device.index if device.index is not None else torch.cuda.current_device())
+    if reason is not None:
+        return reason
+    return _input_reason(dtype, head_dim) or build.toolchain_missing_reason()
+
+
+def _input_reason(dtype: Optional[torch.dtype], head_dim: Optional[int]) -> Optional[str]:
     if dtype is not None and dtype not in SUPPORTED_DTYPES:
         return f"dtype {dtype} is not supported by the flash kernel; use torch.bfloat16 or torch.float16"
     if head_dim is not None and head_dim not in SUPPORTED_HEAD_DIMS:
         supported = ", ".join(str(d) for d in SUPPORTED_HEAD_DIMS)
         return f"head dim {head_dim} is not supported by the flash kernel; supported head dims: {supported}"
-    return build.toolchain_missing_reason()
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_reason(index: int) -> Optional[str]:
+    """The architecture check of one GPU (cached: it is asked on every call of the public functions)."""
+    capability = torch.cuda.get_device_capability(index)
+    if capability in build.supported_capabilities():
+        return None
+    name = torch.cuda.get_device_name(index)
+    built = ", ".join(f"sm_{major}{minor}" for major, minor in build.supported_capabilities())
+    return (
+        f"GPU {name} is sm_{capability[0]}{capability[1]}, but the flash kernel supports {built} "
+        f"(set BRIDGE_FLASH_ARCHS=90a,80 to build for Ampere/Ada too)"
+    )
+
+
+def _traced_input_reason(q: Tensor) -> Optional[str]:
+    """The checks that stay inside a torch.compile graph (no file system or driver queries)."""
+    if q.device.type != "cuda":
+        return f"the flash kernel needs a CUDA GPU, but the device is {q.device}"
+    return _input_reason(q.dtype, q.shape[-1])
 
 
 # ---- custom ops ---------------------------------------------------------------------------------------------
@@ -165,7 +186,10 @@ def _check_inputs(fn: str, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, di
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != dims:
             raise ValueError(f"{fn}: {name} must be {layout} ({dims} dims), got shape {tuple(t.shape)}")
-    reason = unavailable_reason(q.device, q.dtype, q.shape[-1])
+    if torch.compiler.is_compiling():
+        reason = _traced_input_reason(q)
+    else:
+        reason = unavailable_reason(q.device, q.dtype, q.shape[-1])
     if reason is not None:
         raise RuntimeError(f"{fn}: {reason}")
     if k.dtype != q.dtype or v.dtype != q.dtype:

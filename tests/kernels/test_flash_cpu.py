@@ -9,9 +9,17 @@ import pytest
 import torch
 
 import bridge.kernels as kernels
-from bridge.kernels import build, flash_attn_func, flash_attn_varlen_func, unavailable_reason
+from bridge.kernels import build, flash_attn_func, flash_attn_varlen_func, interface, unavailable_reason
 
 needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only behaviour")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gpu_check_cache():
+    # unavailable_reason caches the per-GPU architecture check; tests below fake different GPUs.
+    interface._gpu_reason.cache_clear()
+    yield
+    interface._gpu_reason.cache_clear()
 
 
 def test_import_does_not_build_or_load_the_extension():
@@ -20,7 +28,6 @@ def test_import_does_not_build_or_load_the_extension():
         "assert 'torch.utils.cpp_extension' not in sys.modules, 'import pulled in the extension builder'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-    assert not build._loaded
 
 
 @needs_no_cuda
@@ -35,9 +42,9 @@ def test_unavailable_reason_names_bad_dtype_and_head_dim_on_cuda_devices(monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     monkeypatch.setattr(build, "toolchain_missing_reason", lambda: None)
-    assert unavailable_reason("cuda", torch.bfloat16, 128) is None
-    assert "torch.float32" in unavailable_reason("cuda", torch.float32, 64)
-    reason = unavailable_reason("cuda", torch.float16, 96)
+    assert unavailable_reason("cuda:0", torch.bfloat16, 128) is None
+    assert "torch.float32" in unavailable_reason("cuda:0", torch.float32, 64)
+    reason = unavailable_reason("cuda:0", torch.float16, 96)
     assert "96" in reason and "64, 128" in reason
 
 
@@ -45,7 +52,7 @@ def test_unavailable_reason_names_both_gpu_archs(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    reason = unavailable_reason("cuda")
+    reason = unavailable_reason("cuda:0")
     assert "Tesla T4" in reason and "sm_75" in reason and "sm_90" in reason
 
 

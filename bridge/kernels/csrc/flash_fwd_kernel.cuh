@@ -22,8 +22,20 @@ template <int D> struct FwdTileConfig;
 // Two 16-row m-tiles per warp halve the shared-memory reads of K and V per MMA (each B fragment feeds
 // two MMAs); four warps give 128 query rows per CTA. kBlockN keeps S (kMTiles*kBlockN/2 floats per thread)
 // plus O (kMTiles*D/2) inside the 255-register budget.
-template <> struct FwdTileConfig<64> { static constexpr int kWarps = 4, kMTiles = 2, kBlockN = 64; };
-template <> struct FwdTileConfig<128> { static constexpr int kWarps = 4, kMTiles = 2, kBlockN = 32; };
+// The BRIDGE_FWD_* macros exist for tuning experiments (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS through).
+#ifndef BRIDGE_FWD_BLOCKN_D64
+#define BRIDGE_FWD_BLOCKN_D64 64
+#endif
+#ifndef BRIDGE_FWD_BLOCKN_D128
+#define BRIDGE_FWD_BLOCKN_D128 32
+#endif
+#ifndef BRIDGE_FWD_QK_UNROLL
+#define BRIDGE_FWD_QK_UNROLL 1
+#endif
+// Unrolling the k-steps of Q K^T further only adds live registers (spills at d=128).
+constexpr int kFwdQKUnroll = BRIDGE_FWD_QK_UNROLL;
+template <> struct FwdTileConfig<64> { static constexpr int kWarps = 4, kMTiles = 2, kBlockN = BRIDGE_FWD_BLOCKN_D64; };
+template <> struct FwdTileConfig<128> { static constexpr int kWarps = 4, kMTiles = 2, kBlockN = BRIDGE_FWD_BLOCKN_D128; };
 
 template <int D>
 struct FwdShape {
@@ -56,7 +68,7 @@ __device__ __forceinline__ void gemm_qk(float (&s)[FwdShape<D>::kMTiles][FwdShap
     const int k_row = (lane & 7) + (lane >> 4) * 8;
     const int k_x = ((lane >> 3) & 1) ^ (lane & 7);
     const uint32_t k_base = smem_u32(sK + k_row * D);
-#pragma unroll 2
+#pragma unroll kFwdQKUnroll
     for (int kk = 0; kk < S::kKStepsQK; ++kk) {
         uint32_t a[S::kMTiles][4];
 #pragma unroll

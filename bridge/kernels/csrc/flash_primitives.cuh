@@ -90,20 +90,25 @@ __device__ __forceinline__ int swizzled_offset(int row, int chunk) {  // in elem
 }
 
 // Fills a [ROWS x D] swizzled tile from global rows base + r * row_stride, zero-filling rows >= valid_rows.
+// Each thread copies one fixed chunk column of rows row0, row0 + kRowsPerPass, ...: since kRowsPerPass is a
+// multiple of 8 the swizzle is the same for all of them, so the shared address is one base plus constants
+// and the global address one pointer bumped by a fixed stride (few live registers in the main loop).
 template <int ROWS, int D, int THREADS, typename T>
 __device__ __forceinline__ void load_tile_async(T* smem, const T* gmem, int64_t row_stride, int valid_rows,
                                                 int tid) {
     constexpr int kChunksPerRow = D / 8;
-    constexpr int kChunks = ROWS * kChunksPerRow;
-    static_assert(kChunks % THREADS == 0, "tile chunks must divide evenly over the threads");
+    constexpr int kRowsPerPass = THREADS / kChunksPerRow;
+    static_assert(THREADS % kChunksPerRow == 0 && kRowsPerPass % 8 == 0, "rows per pass must be a multiple of 8");
+    static_assert(ROWS % kRowsPerPass == 0, "tile rows must divide evenly over the passes");
+    const int row0 = tid / kChunksPerRow;
+    const int chunk = tid % kChunksPerRow;
+    const uint32_t dst = smem_u32(smem + swizzled_offset<D>(row0, chunk));
+    const T* src = gmem + row0 * row_stride + chunk * 8;
 #pragma unroll
-    for (int i = 0; i < kChunks / THREADS; ++i) {
-        const int idx = i * THREADS + tid;
-        const int row = idx / kChunksPerRow;
-        const int chunk = idx % kChunksPerRow;
-        const bool in_range = row < valid_rows;
-        const T* src = in_range ? gmem + row * row_stride + chunk * 8 : gmem;
-        cp_async_16(smem_u32(smem + swizzled_offset<D>(row, chunk)), src, in_range);
+    for (int i = 0; i < ROWS / kRowsPerPass; ++i) {
+        const bool in_range = row0 + i * kRowsPerPass < valid_rows;
+        cp_async_16(dst + i * kRowsPerPass * D * static_cast<int>(sizeof(T)), in_range ? src : gmem, in_range);
+        src += kRowsPerPass * row_stride;
     }
 }
 

@@ -77,13 +77,19 @@ def is_nemo1(cfg: DictConfig) -> bool:
     return isinstance(cfg, DictConfig) and "trainer" in cfg
 
 
-def _flatten(node: Any, prefix: str = "") -> Dict[str, Any]:
-    """Dotted leaf keys of a nested dict (lists are leaves)."""
-    if not isinstance(node, dict):
-        return {prefix.rstrip("."): node}
+_MAPPING_VALUES = frozenset({"model.data.data_prefix"})
+"""Keys whose value may be a mapping as a whole (``data_prefix: {train: [...], validation: [...]}``)."""
+
+
+def _flatten(node: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """Dotted leaf keys of a nested dict (lists, empty dicts and _MAPPING_VALUES are leaves)."""
     out: Dict[str, Any] = {}
     for key, value in node.items():
-        out.update(_flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value and path not in _MAPPING_VALUES:
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
     return out
 
 

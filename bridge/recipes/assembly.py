@@ -51,14 +51,19 @@ def _plain(node: Any, name: str) -> Dict[str, Any]:
     return value
 
 
-def _construct(cls: Type, fields: Dict[str, Any], name: str) -> Any:
-    """``cls(**fields)``; unknown fields and failed validation become one :class:`ConfigError` line."""
+def _check_fields(cls: Type, fields, name: str) -> None:
+    """Unknown field names are one :class:`ConfigError` with the closest valid name."""
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(fields) - valid)
     if unknown:
         match = closest(unknown[0], valid)
         hint = f"; did you mean '{name}.{match}'?" if match else f" (valid keys of {name}: {', '.join(sorted(valid))})"
         raise ConfigError(f"unknown config key '{name}.{unknown[0]}'{hint}")
+
+
+def _construct(cls: Type, fields: Dict[str, Any], name: str) -> Any:
+    """``cls(**fields)``; unknown fields and failed validation become one :class:`ConfigError` line."""
+    _check_fields(cls, fields, name)
     try:
         return cls(**fields)
     except (ValueError, TypeError, AttributeError) as exc:
@@ -77,7 +82,13 @@ def _family(cfg: DictConfig) -> str:
     if OmegaConf.is_missing(cfg, "model"):
         raise ConfigError("model is not set; pick a preset with model=<name> (see bridge.models.list_presets())")
     model_type = OmegaConf.get_type(cfg.model)
-    if model_type is not None and model_type is not dict:
+    if model_type is None or model_type is dict:
+        # A plain model YAML (conf/model/<yours>.yaml without a preset behind it): give it the family's
+        # provider as schema, so its defaults exist and a misspelled field is an error.
+        _check_fields(FAMILIES[family], cfg.model.keys(), "model")
+        with _writable(cfg):
+            cfg.model = OmegaConf.merge(OmegaConf.structured(FAMILIES[family]), cfg.model)
+    else:
         model_family = family_of_provider_class(model_type)
         if model_family != family:
             from bridge.models import list_presets

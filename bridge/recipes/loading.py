@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException, MissingConfigException
@@ -44,12 +44,24 @@ def list_recipes(config_dir: Optional[os.PathLike] = None) -> List[str]:
     return names
 
 
-def _search_path_overrides(primary: Path) -> List[str]:
-    """Put bridge's ``conf/`` behind a user's config folder so ``base`` and presets resolve from there."""
+def _search_path(config_name: str, config_dir: Optional[os.PathLike]) -> Tuple[Path, List[str]]:
+    """(primary folder, overrides adding the other folder to Hydra's search path).
+
+    Hydra looks up the primary config only in the primary folder, but group choices and defaults in
+    the whole search path: a recipe of the user's is primary with bridge's ``conf/`` behind it, a recipe
+    of bridge's is primary with the user's folder (their ``model/*.yaml``) searched too.
+    """
     package = default_config_dir()
-    if primary == package:
-        return []
-    return [f"hydra.searchpath=[file://{package}]"]
+    if config_dir is None:
+        return package, []
+    user = Path(config_dir).resolve()
+    if not user.is_dir():
+        raise ConfigError(f"config folder {str(user)!r} does not exist")
+    if user == package:
+        return package, []
+    if (user / f"{config_name}.yaml").is_file():
+        return user, [f"hydra.searchpath=[file://{package}]"]
+    return package, [f"hydra.searchpath=[file://{user}]"]
 
 
 def compose_config(
@@ -59,20 +71,18 @@ def compose_config(
 
     Any problem (unknown key, bad value, missing recipe or preset) is a one-line :class:`ConfigError`.
     """
-    primary = Path(config_dir).resolve() if config_dir else default_config_dir()
-    if not primary.is_dir():
-        raise ConfigError(f"config folder {str(primary)!r} does not exist")
+    primary, search_path = _search_path(config_name, config_dir)
     overrides = list(overrides)
     register_configs()
     with initialize_config_dir(config_dir=str(primary), version_base=None, job_name="bridge"):
         try:
-            cfg = compose(config_name=config_name, overrides=overrides + _search_path_overrides(primary))
+            cfg = compose(config_name=config_name, overrides=overrides + search_path)
         except MissingConfigException as exc:
             if exc.missing_cfg_file == config_name or not exc.options and "primary config" in str(exc):
-                recipes = list_recipes(primary)
+                recipes = sorted(set(list_recipes(primary)) | set(list_recipes(config_dir) if config_dir else []))
                 raise ConfigError(
                     f"no recipe named {config_name!r}{did_you_mean(config_name, recipes)} "
-                    f"(recipes in {primary}: {', '.join(recipes)})") from exc
+                    f"(recipes: {', '.join(recipes)})") from exc
             raise config_error(exc) from exc
         except (HydraException, OmegaConfBaseException) as exc:
             raise config_error(exc) from exc

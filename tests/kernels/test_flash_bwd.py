@@ -5,7 +5,8 @@ forward kernel. Gradients must be within 3x of PyTorch's own error when it runs 
 input's 16-bit dtype (both measured against fp32 autograd on the same rounded inputs), as KERNEL.md asks.
 
 Run ``python tests/kernels/test_flash_bwd.py --bench`` on the GPU machine to time the backward against
-PyTorch SDPA's FlashAttention-2 backward.
+PyTorch SDPA's FlashAttention-2 backward, and
+``compute-sanitizer --tool memcheck python tests/kernels/test_flash_bwd.py --small`` for the memory check.
 """
 
 from __future__ import annotations
@@ -295,8 +296,26 @@ def bench() -> None:
               f"{fa2_ms / ours_ms:6.2f}", flush=True)
 
 
+def small_cases() -> None:
+    """A few small calls covering every code path (fixed, varlen, GQA, causal, deterministic), for memcheck."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for d in (64, 128):
+        q, k, v, dout = make_inputs(2, 70, 150, 4, 2, d, torch.bfloat16, gen)
+        out, lse = forward_reference(q, k, v, True, 0.1)
+        for det in (False, True):
+            run_bwd(q, k, v, out, lse, dout, True, 0.1, deterministic=det)
+        cu = torch.tensor([0, 70, 70, 140], device="cuda", dtype=torch.int32)
+        qv, kv, vv, dov = (t.reshape(140, t.shape[2], d)[:140] for t in (q, k[:, :70], v[:, :70], dout))
+        lse_v = torch.randn(4, 140, device="cuda")
+        run_bwd(qv, kv, vv, dov, lse_v, dov, False, 0.1, cu_q=cu, cu_k=cu, max_q=70, max_k=70)
+    torch.cuda.synchronize()
+    print("small cases ran")
+
+
 if __name__ == "__main__":
     if "--bench" in sys.argv:
         bench()
+    elif "--small" in sys.argv:
+        small_cases()
     else:
         sys.exit(pytest.main([__file__, "-q", *sys.argv[1:]]))

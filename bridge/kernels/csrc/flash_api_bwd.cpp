@@ -17,7 +17,7 @@
 namespace bridge_flash {
 namespace {
 
-constexpr int kBwdBlockM = 64;  // Q tile of the main kernel; sizes the deterministic-mode counters
+constexpr int kBwdBlockM = 32;  // smallest Q tile of the main kernels; sizes the deterministic-mode counters
 
 // Numbers, shapes and devices are formatted here with std::to_string rather than streamed into the message:
 // streaming integers into an ostream inside the extension crashed (segfault) on the GPU machine, where the
@@ -34,7 +34,8 @@ std::string shape_str(const at::Tensor& t) { return list_str(t.sizes()); }
 
 void check_on_device(const at::Tensor& t, const char* name, const at::Device& device) {
     TORCH_CHECK(t.is_cuda(), "bridge_flash.bwd: ", name, " must be a CUDA tensor, got one on ", t.device().str());
-    TORCH_CHECK(t.device() == device, "bridge_flash.bwd: ", name, " is on ", t.device().str(), " but q is on ", device.str(),
+    TORCH_CHECK(t.device() == device, "bridge_flash.bwd: ", name, " is on ", t.device().str(), " but q is on ",
+                device.str(),
                 "; all inputs must be on one GPU");
 }
 
@@ -43,13 +44,14 @@ void check_qkv_like(const at::Tensor& t, const char* name, const at::Tensor& q, 
     check_on_device(t, name, q.device());
     TORCH_CHECK(t.scalar_type() == q.scalar_type(), "bridge_flash.bwd: ", name, " has dtype ", t.scalar_type(),
                 " but q has ", q.scalar_type(), "; q, k, v, out and dout must share one dtype");
+    const char* layout = expected_dim == 4 ? "[batch, seq, heads, head_dim]" : "[total_tokens, heads, head_dim]";
     TORCH_CHECK(t.dim() == expected_dim, "bridge_flash.bwd: ", name, " must have ", num(expected_dim),
-                " dimensions (", expected_dim == 4 ? "[batch, seq, heads, head_dim]" : "[total_tokens, heads, head_dim]",
-                "), got shape ", shape_str(t));
+                " dimensions (", layout, "), got shape ", shape_str(t));
     TORCH_CHECK(t.stride(-1) == 1, "bridge_flash.bwd: ", name,
                 " must have a contiguous last (head) dimension, got strides ", list_str(t.strides()));
     for (int i = 0; i < t.dim() - 1; ++i) {
-        TORCH_CHECK(t.size(i) == 1 || t.stride(i) % 8 == 0, "bridge_flash.bwd: ", name, " stride ", num(t.stride(i)), " of dimension ", num(i),
+        TORCH_CHECK(t.size(i) == 1 || t.stride(i) % 8 == 0, "bridge_flash.bwd: ", name, " stride ",
+                    num(t.stride(i)), " of dimension ", num(i),
                     " is not a multiple of 8 elements (16 bytes); the kernel loads rows with 16-byte copies");
     }
     TORCH_CHECK(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, "bridge_flash.bwd: ", name,
@@ -128,12 +130,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mha_bwd(
         TORCH_CHECK(max_seqlen_q >= 0 && max_seqlen_k >= 0, "bridge_flash.bwd: max_seqlen_q and max_seqlen_k must be ",
                     ">= 0, got ", num(max_seqlen_q), " and ", num(max_seqlen_k));
     } else {
-        TORCH_CHECK(k.size(0) == batch, "bridge_flash.bwd: k batch ", num(k.size(0)), " differs from q batch ", num(batch));
+        TORCH_CHECK(k.size(0) == batch, "bridge_flash.bwd: k batch ", num(k.size(0)), " differs from q batch ",
+                    num(batch));
     }
     TORCH_CHECK(seqlen_q < (1 << 30) && seqlen_k < (1 << 30), "bridge_flash.bwd: sequence lengths must be < 2^30");
 
     check_on_device(lse_in, "lse", q.device());
-    TORCH_CHECK(lse_in.scalar_type() == at::kFloat, "bridge_flash.bwd: lse must be float32, got ", lse_in.scalar_type());
+    TORCH_CHECK(lse_in.scalar_type() == at::kFloat, "bridge_flash.bwd: lse must be float32, got ",
+                lse_in.scalar_type());
     const std::vector<int64_t> lse_shape =
         varlen ? std::vector<int64_t>{h, q.size(0)} : std::vector<int64_t>{batch, h, seqlen_q};
     TORCH_CHECK(lse_in.sizes() == at::IntArrayRef(lse_shape), "bridge_flash.bwd: lse must have shape ",

@@ -12,7 +12,7 @@ namespace bridge_flash {
 
 /// Expects: dq_accum with room for [rows, h, D] fp32 (rows = b * seqlen_q, or total_q for varlen; the
 /// pre-pass zeroes it), dsoftmax_sum laid out like lse, and, when deterministic, workspace pointing at
-/// b * h * ceil(seqlen_q / 64) zeroed int32 counters. Launch errors are left for cudaGetLastError.
+/// b * h * ceil(seqlen_q / 32) zeroed int32 counters. Launch errors are left for cudaGetLastError.
 template <typename T, int D>
 void run_flash_bwd(BwdParams& params, cudaStream_t stream) {
     using Config = bwd::BwdConfig<T, D>;

@@ -22,12 +22,18 @@ __device__ __forceinline__ float2 unpack2<__half>(uint32_t v) {
     return __half22float2(*reinterpret_cast<__half2*>(&v));
 }
 
-/// Element offset of (row, col) in a swizzled [rows][kCols] tile (see swizzled_offset); col may point
-/// inside a 16-byte chunk, as the accumulator-to-shared stores of dS do.
+/// Element offset of (row, col) in a swizzled [rows][kCols] tile of 16-bit elements; col may point inside a
+/// 16-byte chunk, as the accumulator-to-shared stores of dS do. Rows of 8+ chunks use the shared layout
+/// (swizzled_offset: chunk ^ (row & 7)); 4-chunk rows (64 bytes, two rows per 128-byte bank line) xor the
+/// chunk with (row / 2) & 3, so 8 consecutive rows of one logical chunk still hit 8 different bank groups.
 template <int kCols>
 __device__ __forceinline__ int swz(int row, int col) {
-    static_assert(kCols % 64 == 0, "swizzled tiles need at least 8 chunks of 16 bytes per row");
-    return swizzled_offset<kCols>(row, col >> 3) + (col & 7);
+    static_assert(kCols == 32 || kCols % 64 == 0, "swizzled tiles have 4 or a multiple of 8 chunks per row");
+    if constexpr (kCols == 32) {
+        return row * kCols + ((((col >> 3) ^ ((row >> 1) & 3))) << 3) + (col & 7);
+    } else {
+        return swizzled_offset<kCols>(row, col >> 3) + (col & 7);
+    }
 }
 
 /// Where one sequence of the batch lives: its first row (global packed row for varlen) and its length.

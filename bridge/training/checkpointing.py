@@ -75,6 +75,9 @@ class LoadedState:
     step: int
     consumed_samples: int
     path: str
+    rng_state: Optional[Dict[str, Any]] = None
+    """This rank's saved RNG states; apply with :func:`restore_rng` right before the first step (building
+    the data loader draws from torch's RNG, so restoring earlier would shift dropout masks)."""
 
 
 def step_dir_name(step: int) -> str:
@@ -123,7 +126,10 @@ def _rng_state() -> Dict[str, Any]:
     return state
 
 
-def _set_rng_state(state: Dict[str, Any]) -> None:
+def restore_rng(state: Optional[Dict[str, Any]]) -> None:
+    """Put back the RNG states a checkpoint saved (no-op for None)."""
+    if state is None:
+        return
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -181,7 +187,13 @@ def save_checkpoint(root: str, step: int, module, optimizer, scheduler, consumed
     world = dist.get_world_size() if dist.is_initialized() else 1
     state.update(step=step, consumed_samples=consumed_samples, world_size=world, run_config=run_config,
                  rng_state=_rng_sharded_object(_rng_state()))
-    dist_checkpointing.save(state, tmp, sharded_strategy=SyncTorchDistSaveStrategy())
+    try:
+        dist_checkpointing.save(state, tmp, sharded_strategy=SyncTorchDistSaveStrategy())
+    except (Exception, dcp.api.CheckpointException) as exc:  # the latter is a BaseException
+        previous = resolve_checkpoint(root)
+        raise CheckpointError(
+            f"saving checkpoint step {step} to {tmp} failed: {_root_cause(exc)}; the last complete checkpoint "
+            f"({previous or 'none yet'}) is untouched") from exc
     _barrier()
     if _is_main():
         import yaml
@@ -196,6 +208,15 @@ def save_checkpoint(root: str, step: int, module, optimizer, scheduler, consumed
         _prune(root, keep_last, keep=name)
     _barrier()
     return final
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost error's message (torch.distributed.checkpoint wraps per-rank failures)."""
+    if isinstance(exc, dcp.api.CheckpointException) and exc.failures:
+        exc = next(iter(exc.failures.values()))[0]  # (exception, stack summary) of the first failing rank
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _prune(root: str, keep_last: int, keep: str) -> None:
@@ -223,12 +244,11 @@ def load_checkpoint(path: str, module, optimizer, scheduler) -> LoadedState:
     module.load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
     scheduler.load_state_dict(loaded["scheduler"])
-    if same_world:
-        _set_rng_state(loaded["rng_state"])
-    else:
+    if not same_world:
         logger.warning("checkpoint was saved by %s processes, this run has %s: RNG states start fresh",
                        common.get("world_size"), world)
-    return LoadedState(step=int(loaded["step"]), consumed_samples=int(loaded["consumed_samples"]), path=checkpoint)
+    return LoadedState(step=int(loaded["step"]), consumed_samples=int(loaded["consumed_samples"]), path=checkpoint,
+                       rng_state=loaded["rng_state"] if same_world else None)
 
 
 def load_weights(path: str, module) -> str:

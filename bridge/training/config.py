@@ -170,11 +170,17 @@ class TrainingConfig:
     generate_sample: bool = True
     """GPT: print a short greedy continuation from the trained model at the end of the run."""
 
+    task_accuracy_examples: int = 50
+    """GPT fine-tuning on the embedded task: at the end, score exact-match accuracy of greedy answers on
+    this many validation examples; 0 = off."""
+
     def __post_init__(self) -> None:
         self.device = parse_choice(Device, self.device, "train.device")
         self.precision = parse_choice(Precision, self.precision, "train.precision")
         for name in ("train_steps", "micro_batch_size", "global_batch_size", "eval_steps", "log_interval"):
             _require(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+        _require(self.task_accuracy_examples >= 0,
+                 f"train.task_accuracy_examples must be >= 0, got {self.task_accuracy_examples}")
         _require(self.eval_interval >= 0, f"train.eval_interval must be >= 0 (0 = only at the end), got {self.eval_interval}")
         _require(self.global_batch_size % self.micro_batch_size == 0,
                  f"train.global_batch_size={self.global_batch_size} must be a multiple of "

@@ -59,12 +59,11 @@ def init_distributed(run) -> DistributedEnv:
             torch.cuda.set_device(device)
         if "RANK" in os.environ:  # launched by torchrun: the env:// rendezvous has everything
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        elif world == 1:
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        elif world == 1:  # a private rendezvous: no MASTER_* variables left behind for child processes
             from bridge.models.parallel import _free_port  # one helper for a free port, shared with provide()
 
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
+            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                    init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
         else:
             raise RuntimeError(f"WORLD_SIZE={world} but RANK is not set: launch multi-process runs with torchrun")
     elif device.type == "cuda":

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from bridge.data import DatasetKind, PretrainingSampler, build_datasets, build_tokenizer
-from bridge.training.checkpointing import load_checkpoint, load_weights, resolve_checkpoint, save_checkpoint
+from bridge.training.checkpointing import (load_checkpoint, load_weights, resolve_checkpoint, restore_rng,
+                                          save_checkpoint)
 from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.distributed import DistributedEnv, init_distributed, seed_everything
@@ -145,12 +146,13 @@ def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: str) -> float:
     return _mean_over_ranks(total / steps)
 
 
-def _embedded_task_accuracy(core, tokenizer, run, limit: int = 50) -> float:
+def _embedded_task_accuracy(core, tokenizer, run, limit: int) -> float:
     from bridge.data import embedded_task_paths, evaluate_accuracy, read_task_examples
 
     _, valid_path = embedded_task_paths(run.data.cache_dir)
     examples = read_task_examples(valid_path)[:limit]
-    return evaluate_accuracy(lambda p: generate(core, tokenizer, p, max_new_tokens=10), examples)
+    longest = max(len(tokenizer.encode(e.answer)) for e in examples)
+    return evaluate_accuracy(lambda p: generate(core, tokenizer, p, max_new_tokens=longest + 1), examples)
 
 
 def train(run) -> TrainResult:
@@ -168,11 +170,11 @@ def train(run) -> TrainResult:
     scheduler = build_scheduler(optimizer, run.optimizer, run.scheduler, run.train.train_steps)
     snapshot = run_snapshot(run)
 
-    step, consumed = 0, 0
+    step, consumed, rng_state = 0, 0, None
     ckpt = run.checkpoint
     if ckpt.resume and resolve_checkpoint(ckpt.dir) is not None:
         state = load_checkpoint(ckpt.dir, core, optimizer, scheduler)
-        step, consumed = state.step, state.consumed_samples
+        step, consumed, rng_state = state.step, state.consumed_samples, state.rng_state
         logger.info("resumed from %s at step %d", state.path, step)
     elif ckpt.pretrained_checkpoint:
         path = load_weights(ckpt.pretrained_checkpoint, core)
@@ -193,6 +195,7 @@ def train(run) -> TrainResult:
     try:
         if step < cfg.train_steps:
             batches = _loader(train_ds, total_samples, consumed, cfg.micro_batch_size, env, run.data.num_workers)
+            restore_rng(rng_state)  # after the loader: building it draws from torch's RNG
             _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_ds, accumulation, step,
                   snapshot, reporter, result, flops_per_sample, peak)
         result.attention_backends = sorted({str(getattr(m.last_backend, "value", m.last_backend))
@@ -206,8 +209,9 @@ def train(run) -> TrainResult:
         if family == "gpt" and cfg.generate_sample:
             result.sample = generate(core, tokenizer, SAMPLE_PROMPT, max_new_tokens=64)
             reporter.line(f"sample: {SAMPLE_PROMPT}{result.sample!r}")
-        if family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value and not run.data.paths:
-            result.accuracy = _embedded_task_accuracy(core, tokenizer, run)
+        if (family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value
+                and not run.data.paths and cfg.task_accuracy_examples):
+            result.accuracy = _embedded_task_accuracy(core, tokenizer, run, cfg.task_accuracy_examples)
             reporter.line(f"embedded task accuracy: {100 * result.accuracy:.1f}%")
     finally:
         reporter.close()

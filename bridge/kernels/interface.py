@@ -73,13 +73,6 @@ def _gpu_reason(index: int) -> Optional[str]:
     )
 
 
-def _traced_input_reason(q: Tensor) -> Optional[str]:
-    """The checks that stay inside a torch.compile graph (no file system or driver queries)."""
-    if q.device.type != "cuda":
-        return f"the flash kernel needs a CUDA GPU, but the device is {q.device}"
-    return _input_reason(q.dtype, q.shape[-1])
-
-
 # ---- custom ops ---------------------------------------------------------------------------------------------
 
 
@@ -97,10 +90,23 @@ def _flash_fwd(
     deterministic: bool,
 ) -> tuple[Tensor, Tensor]:
     # `deterministic` only matters to the backward; it is an argument here so autograd can see it.
-    out, lse = build.load_ops().fwd(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal
-    )
-    return out, lse
+    return _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal)
+
+
+def _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
+    return build.load_ops().fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+                                causal)
+
+
+def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
+             causal, deterministic):
+    if not build.backward_is_built():
+        raise RuntimeError(
+            "the flash backward kernel is not built (bridge/kernels/csrc/flash_api_bwd.cpp is missing): "
+            "the forward pass works, gradients need the backward kernel"
+        )
+    return build.load_ops().bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                                softmax_scale, causal, deterministic)
 
 
 @_flash_fwd.register_fake
@@ -131,15 +137,8 @@ def _flash_bwd(
     causal: bool,
     deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    if not build.backward_is_built():
-        raise RuntimeError(
-            "the flash backward kernel is not built (bridge/kernels/csrc/flash_api_bwd.cpp is missing): "
-            "the forward pass works, gradients need the backward kernel"
-        )
-    dq, dk, dv = build.load_ops().bwd(
-        dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-        deterministic,
-    )
+    dq, dk, dv = _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                          softmax_scale, causal, deterministic)
     return dq, dk, dv
 
 
@@ -157,17 +156,43 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(lse)  # the log-sum-exp is an auxiliary output, not part of the graph
 
 
-def _backward(ctx, dout, _dlse):
-    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
-    max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = ctx.attrs
-    dq, dk, dv = _flash_bwd(
-        _aligned(dout), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-        causal, deterministic,
-    )
-    return dq, dk, dv, None, None, None, None, None, None, None
+def _backward_with(run_bwd):
+    """The autograd backward, for either path: the custom op (traced) or the eager function (direct call)."""
+
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+        max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = ctx.attrs
+        dq, dk, dv = run_bwd(_aligned(dout), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                             max_seqlen_k, softmax_scale, causal, deterministic)
+        return dq, dk, dv, None, None, None, None, None, None, None
+
+    return backward
 
 
-_flash_fwd.register_autograd(_backward, setup_context=_setup_context)
+_flash_fwd.register_autograd(_backward_with(_flash_bwd), setup_context=_setup_context)
+
+
+class _FlashAttnEager(torch.autograd.Function):
+    """Eager-mode twin of the custom op: same context and backward, without the custom-op dispatch in
+    Python (which costs ~50 us per call, as much as the whole kernel at small sizes)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                deterministic):
+        inputs = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                  deterministic)
+        out, lse = _run_fwd(*inputs[:-1])
+        _setup_context(ctx, inputs, (out, lse))
+        return out, lse
+
+    backward = staticmethod(_backward_with(_run_bwd))
+
+
+def _attention(*args) -> tuple[Tensor, Tensor]:
+    """Runs the forward through the custom op when torch.compile traces, else through the eager function."""
+    if torch.compiler.is_compiling():
+        return _flash_fwd(*args)
+    return _FlashAttnEager.apply(*args)
 
 
 # ---- public API ---------------------------------------------------------------------------------------------
@@ -175,7 +200,8 @@ _flash_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def _aligned(t: Tensor) -> Tensor:
     """``t`` itself when the kernel can read it in place (contiguous head dim, 16-byte aligned rows), else a copy."""
-    ok = t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+    # storage_offset (not data_ptr) so torch.compile can trace it; allocations themselves are 512-byte aligned.
+    ok = t.stride(-1) == 1 and t.storage_offset() % 8 == 0
     ok = ok and all(t.stride(i) % 8 == 0 or t.shape[i] <= 1 for i in range(t.dim() - 1))
     return t if ok else t.contiguous()
 
@@ -186,10 +212,12 @@ def _check_inputs(fn: str, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, di
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != dims:
             raise ValueError(f"{fn}: {name} must be {layout} ({dims} dims), got shape {tuple(t.shape)}")
-    if torch.compiler.is_compiling():
-        reason = _traced_input_reason(q)
+    if q.device.type != "cuda":
+        reason = unavailable_reason(q.device)
     else:
-        reason = unavailable_reason(q.device, q.dtype, q.shape[-1])
+        reason = _input_reason(q.dtype, q.shape[-1])
+        if reason is None and not torch.compiler.is_compiling():  # driver / file-system checks stay eager
+            reason = _gpu_reason(q.device.index) or build.toolchain_missing_reason()
     if reason is not None:
         raise RuntimeError(f"{fn}: {reason}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
@@ -235,7 +263,7 @@ def flash_attn_func(
     if q.shape[0] != k.shape[0]:
         raise ValueError(f"flash_attn_func: q has batch {q.shape[0]} but k/v have batch {k.shape[0]}")
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
-    out, lse = _flash_fwd(
+    out, lse = _attention(
         _aligned(q), _aligned(k), _aligned(v), None, None, q.shape[1], k.shape[1], scale, bool(causal),
         bool(deterministic),
     )
@@ -285,7 +313,7 @@ def flash_attn_varlen_func(
             f"{cu_seqlens_k.numel()}; both are batch + 1"
         )
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
-    out, lse = _flash_fwd(
+    out, lse = _attention(
         _aligned(q), _aligned(k), _aligned(v), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
         int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal), bool(deterministic),
     )

@@ -11,12 +11,22 @@ import pytest
 import torch
 
 from bridge.kernels import flash_attn_func, flash_attn_varlen_func
-from tests.kernels.attention_reference import assert_within_torch_error, attention_reference, varlen_reference
+from tests.kernels.attention_reference import assert_within_torch_error as _assert_within
+from tests.kernels.attention_reference import attention_reference, varlen_reference
 
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash kernel needs a CUDA GPU"),
 ]
+
+
+# Absolute slack for gradients that are exactly zero in exact arithmetic (e.g. dK with one key: the softmax is
+# constant), where PyTorch's 16-bit error can be 0 while fp32 rounding of dP - D leaves ~1e-5 in the kernel.
+GRAD_TINY = 1e-4
+
+
+def assert_within_torch_error(name, got, ref, lowp, factor):
+    _assert_within(name, got, ref, lowp, factor, tiny=GRAD_TINY)
 
 
 def _grads(fn, leaves, dout):

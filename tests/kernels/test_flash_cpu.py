@@ -57,6 +57,7 @@ def test_unavailable_reason_names_both_gpu_archs(monkeypatch):
 
 
 def test_unavailable_reason_names_missing_nvcc(monkeypatch):
+    monkeypatch.setattr(build, "_loaded", False)
     monkeypatch.setattr(build, "is_built", lambda: False)
     monkeypatch.setattr(build, "find_nvcc", lambda: None)
     assert "nvcc" in build.toolchain_missing_reason()

@@ -176,6 +176,16 @@ def test_forward_traces_under_torch_compile():
     assert torch.equal(compiled(q, k, v), attend(q, k, v))
 
 
+def test_custom_op_passes_opcheck():
+    # Schema, fake (meta) implementation, autograd registration and AOT dispatch agree with the real kernel.
+    from bridge.kernels.interface import _flash_fwd
+
+    q = _randn(2, 200, 4, 64, dtype=torch.bfloat16).requires_grad_()
+    k = _randn(2, 150, 2, 64, dtype=torch.bfloat16).requires_grad_()
+    v = _randn(2, 150, 2, 64, dtype=torch.bfloat16).requires_grad_()
+    torch.library.opcheck(_flash_fwd, (q, k, v, None, None, 200, 150, 0.125, True, False))
+
+
 def test_forward_bad_inputs_raise_readable_errors():
     q = _randn(1, 16, 4, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="dropout"):

@@ -89,7 +89,7 @@ def test_named_recipes_build_on_base():
     base = load_config("base")
     pre, fine = load_config("gpt_pretrain"), load_config("gpt_finetune")
     assert pre.optimizer == base.optimizer and pre.train == base.train
-    assert fine.data.kind.value == "finetune" and fine.optimizer.lr < pre.optimizer.lr
+    assert fine.data.kind.value == "finetune" and fine.data.packed and not pre.data.packed
     assert fine.checkpoint.pretrained_checkpoint == pre.checkpoint.dir
     t5_fine = load_config("t5_finetune")
     assert t5_fine.checkpoint.pretrained_checkpoint == load_config("t5_pretrain").checkpoint.dir

@@ -199,10 +199,14 @@ def _attention(*args) -> tuple[Tensor, Tensor]:
 
 
 def _aligned(t: Tensor) -> Tensor:
-    """``t`` itself when the kernel can read it in place (contiguous head dim, 16-byte aligned rows), else a copy."""
-    # storage_offset (not data_ptr) so torch.compile can trace it; allocations themselves are 512-byte aligned.
-    ok = t.stride(-1) == 1 and t.storage_offset() % 8 == 0
-    ok = ok and all(t.stride(i) % 8 == 0 or t.shape[i] <= 1 for i in range(t.dim() - 1))
+    """``t`` itself when the kernel can read it in place (contiguous head dim, 16-byte aligned rows), else a copy.
+
+    Under torch.compile only the strides are checked (Dynamo cannot trace data_ptr / storage_offset); the
+    binding still rejects a misaligned pointer with a readable error.
+    """
+    ok = t.stride(-1) == 1 and all(t.stride(i) % 8 == 0 or t.shape[i] <= 1 for i in range(t.dim() - 1))
+    if ok and not torch.compiler.is_compiling():
+        ok = t.data_ptr() % 16 == 0
     return t if ok else t.contiguous()
 
 

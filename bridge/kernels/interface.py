@@ -204,7 +204,8 @@ def _aligned(t: Tensor) -> Tensor:
     Under torch.compile only the strides are checked (Dynamo cannot trace data_ptr / storage_offset); the
     binding still rejects a misaligned pointer with a readable error.
     """
-    ok = t.stride(-1) == 1 and all(t.stride(i) % 8 == 0 or t.shape[i] <= 1 for i in range(t.dim() - 1))
+    strides = t.stride()  # one call: this runs three times per attention call
+    ok = strides[-1] == 1 and all(st % 8 == 0 or n <= 1 for st, n in zip(strides[:-1], t.shape[:-1]))
     if ok and not torch.compiler.is_compiling():
         ok = t.data_ptr() % 16 == 0
     return t if ok else t.contiguous()

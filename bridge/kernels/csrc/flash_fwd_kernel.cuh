@@ -19,24 +19,42 @@ namespace bridge_flash {
 
 // ---- shapes --------------------------------------------------------------------------------------
 template <int D> struct FwdTileConfig;
-// Two 16-row m-tiles per warp halve the shared-memory reads of K and V per MMA (each B fragment feeds
-// two MMAs); four warps give 128 query rows per CTA. kBlockN sets S (kMTiles*kBlockN/2 floats per thread)
-// next to O (kMTiles*D/2): 128 / 64 keys for d = 64 / 128 spill 12 / 68 bytes at 255 registers but
-// measured 3-8% faster on the H100 than the spill-free 64 / 32 (NOTES.md, v2).
-// The BRIDGE_FWD_* macros exist for tuning experiments (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS through).
+// The BRIDGE_FWD_* macros exist for tuning experiments only (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS
+// through); the defaults are the measured best on the H100 (NOTES.md, v3).
 #ifndef BRIDGE_FWD_BLOCKN_D64
 #define BRIDGE_FWD_BLOCKN_D64 128
 #endif
 #ifndef BRIDGE_FWD_BLOCKN_D128
-#define BRIDGE_FWD_BLOCKN_D128 64
+#define BRIDGE_FWD_BLOCKN_D128 128
+#endif
+#ifndef BRIDGE_FWD_WARPS_D128
+#define BRIDGE_FWD_WARPS_D128 8
+#endif
+#ifndef BRIDGE_FWD_MTILES_D128
+#define BRIDGE_FWD_MTILES_D128 1
+#endif
+#ifndef BRIDGE_FWD_PREFETCH_Q_D128
+#define BRIDGE_FWD_PREFETCH_Q_D128 1
 #endif
 #ifndef BRIDGE_FWD_QK_UNROLL
 #define BRIDGE_FWD_QK_UNROLL 1
 #endif
 // Unrolling the k-steps of Q K^T further only adds live registers (spills at d=128).
 constexpr int kFwdQKUnroll = BRIDGE_FWD_QK_UNROLL;
-template <> struct FwdTileConfig<64> { static constexpr int kWarps = 4, kMTiles = 2, kBlockN = BRIDGE_FWD_BLOCKN_D64; };
-template <> struct FwdTileConfig<128> { static constexpr int kWarps = 4, kMTiles = 2, kBlockN = BRIDGE_FWD_BLOCKN_D128; };
+
+// d = 64: 4 warps x 2 m-tiles (two 16-row MMA tiles per warp halve the shared-memory reads of K and V per
+// MMA: each B fragment feeds two MMAs), 128 keys per tile; 255 registers with a 12-byte spill, 2 CTAs/SM.
+// d = 128: O alone is 64 floats per 16 rows, so 8 warps x 1 m-tile, 128 keys per tile, with the Q fragments
+// of the next k-step prefetched during the current MMAs; 216 registers, no spills, 1 CTA (8 warps) per SM.
+template <> struct FwdTileConfig<64> {
+    static constexpr int kWarps = 4, kMTiles = 2, kBlockN = BRIDGE_FWD_BLOCKN_D64;
+    static constexpr bool kPrefetchQ = false;  // measured 1-3% slower at d = 64
+};
+template <> struct FwdTileConfig<128> {
+    static constexpr int kWarps = BRIDGE_FWD_WARPS_D128, kMTiles = BRIDGE_FWD_MTILES_D128;
+    static constexpr int kBlockN = BRIDGE_FWD_BLOCKN_D128;
+    static constexpr bool kPrefetchQ = BRIDGE_FWD_PREFETCH_Q_D128 != 0;
+};
 
 template <int D>
 struct FwdShape {
@@ -44,6 +62,7 @@ struct FwdShape {
     static constexpr int kMTiles = FwdTileConfig<D>::kMTiles;     // 16-row MMA tiles per warp
     static constexpr int kBlockN = FwdTileConfig<D>::kBlockN;     // keys per K/V tile
     static constexpr int kThreads = kWarps * 32;
+    static constexpr int kMinBlocks = kThreads <= 128 ? 2 : 1;  // keeps the 255-register budget per thread
     static constexpr int kRowsPerWarp = kMTiles * 16;
     static constexpr int kBlockM = kWarps * kRowsPerWarp;         // query rows per CTA
     static constexpr int kNTiles = kBlockN / 8;                   // 8-key column tiles of S
@@ -69,12 +88,22 @@ __device__ __forceinline__ void gemm_qk(float (&s)[FwdShape<D>::kMTiles][FwdShap
     const int k_row = (lane & 7) + (lane >> 4) * 8;
     const int k_x = ((lane >> 3) & 1) ^ (lane & 7);
     const uint32_t k_base = smem_u32(sK + k_row * D);
-#pragma unroll kFwdQKUnroll
-    for (int kk = 0; kk < S::kKStepsQK; ++kk) {
-        uint32_t a[S::kMTiles][4];
+    auto load_q = [&](uint32_t (&a)[S::kMTiles][4], int kk) {
 #pragma unroll
         for (int mt = 0; mt < S::kMTiles; ++mt)
             ldmatrix_x4(a[mt], q_base + (mt * 16 * D + (((2 * kk) ^ q_x) << 3)) * 2);
+    };
+    uint32_t a[S::kMTiles][4];
+    uint32_t a_next[S::kMTiles][4];  // only used with kPrefetchQ
+    if constexpr (FwdTileConfig<D>::kPrefetchQ) load_q(a, 0);
+#pragma unroll kFwdQKUnroll
+    for (int kk = 0; kk < S::kKStepsQK; ++kk) {
+        if constexpr (FwdTileConfig<D>::kPrefetchQ) {
+            // Q fragments of k-step kk + 1 are read while the MMAs of k-step kk run (hides ldmatrix latency).
+            if (kk + 1 < S::kKStepsQK) load_q(a_next, kk + 1);
+        } else {
+            load_q(a, kk);
+        }
 #pragma unroll
         for (int np = 0; np < S::kNTiles / 2; ++np) {
             uint32_t b[4];  // b[0..1]: key tile 2np, b[2..3]: key tile 2np+1
@@ -84,6 +113,12 @@ __device__ __forceinline__ void gemm_qk(float (&s)[FwdShape<D>::kMTiles][FwdShap
                 mma_16x8x16<T>(s[mt][2 * np], a[mt], b[0], b[1]);
                 mma_16x8x16<T>(s[mt][2 * np + 1], a[mt], b[2], b[3]);
             }
+        }
+        if constexpr (FwdTileConfig<D>::kPrefetchQ) {
+#pragma unroll
+            for (int mt = 0; mt < S::kMTiles; ++mt)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[mt][i] = a_next[mt][i];
         }
     }
 }
@@ -185,7 +220,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[FwdShape<D>::kMTiles][Fw
 
 // ---- the kernel ----------------------------------------------------------------------------------
 template <typename T, int D>
-__global__ void __launch_bounds__(FwdShape<D>::kThreads, 2) flash_fwd_kernel(const __grid_constant__ FwdParams p) {
+__global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks) flash_fwd_kernel(const __grid_constant__ FwdParams p) {
     using S = FwdShape<D>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     T* sQ = reinterpret_cast<T*>(smem_raw);  // [kBlockM x D], reused to stage O in the epilogue

@@ -10,11 +10,13 @@ the model presets.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -64,6 +66,20 @@ def _search_path(config_name: str, config_dir: Optional[os.PathLike]) -> Tuple[P
     return package, [f"hydra.searchpath=[file://{user}]"]
 
 
+@contextlib.contextmanager
+def _set_aside_outer_hydra():
+    """Let composition work inside an app that already initialised Hydra (``@hydra.main``), and put its
+    state back afterwards: Hydra keeps one global instance and refuses a second initialisation."""
+    global_hydra = GlobalHydra.instance()
+    outer = global_hydra.hydra if global_hydra.is_initialized() else None
+    global_hydra.clear()
+    try:
+        yield
+    finally:
+        if outer is not None:
+            GlobalHydra.instance().initialize(outer)
+
+
 def compose_config(
     config_name: str, overrides: Sequence[str] = (), config_dir: Optional[os.PathLike] = None
 ) -> DictConfig:
@@ -74,7 +90,7 @@ def compose_config(
     primary, search_path = _search_path(config_name, config_dir)
     overrides = list(overrides)
     register_configs()
-    with initialize_config_dir(config_dir=str(primary), version_base=None, job_name="bridge"):
+    with _set_aside_outer_hydra(), initialize_config_dir(config_dir=str(primary), version_base=None, job_name="bridge"):
         try:
             cfg = compose(config_name=config_name, overrides=overrides + search_path)
         except MissingConfigException as exc:

@@ -108,3 +108,16 @@ def test_printed_run_round_trips_through_the_schema():
 def test_recipe_runs_on_the_gpu_in_bf16_when_there_is_one():
     run = load_config("gpt_pretrain")
     assert run.model.dtype == ("bf16" if torch.cuda.is_available() else "fp32")
+
+
+def test_load_config_inside_an_app_that_initialised_hydra():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from bridge.recipes import default_config_dir
+
+    with initialize_config_dir(str(default_config_dir()), version_base=None):
+        assert load_config("gpt_pretrain", ["train.train_steps=3"]).train.train_steps == 3
+        assert GlobalHydra.instance().is_initialized()
+        assert compose("gpt_pretrain").name == "gpt_pretrain"  # the app's Hydra still works
+    assert not GlobalHydra.instance().is_initialized()

@@ -13,6 +13,7 @@ from bridge.models.build_checks import check_backend_for_this_machine, check_lay
 from bridge.models.gpt import GPTModelProvider
 from bridge.models.layer_specs import gpt_layer_spec
 from bridge.models.parallel import ensure_model_parallel
+from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
 
 
@@ -48,4 +49,4 @@ def build_gpt_model(
         rotary_base=provider.rotary_base,
     )
     make_rope_host_compatible(model)
-    return model
+    return place_model(model, model.config)

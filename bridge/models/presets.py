@@ -63,8 +63,8 @@ def get_preset(name: str, **overrides: Any) -> Provider:
     return p.provider_cls(**{**p.fields, **overrides})
 
 
-register_preset("gpt_tiny", GPTModelProvider, "4-layer, 128-wide GPT for tests and the CPU quick start",
-                num_layers=4, hidden_size=128, num_attention_heads=4, seq_length=256, hidden_dropout=0.0,
+register_preset("gpt_tiny", GPTModelProvider, "4-layer, 128-wide GPT (head dim 64) for tests and the CPU quick start",
+                num_layers=4, hidden_size=128, num_attention_heads=2, seq_length=256, hidden_dropout=0.0,
                 attention_dropout=0.0, position_embedding_type="rope")
 register_preset("gpt_126m", GPTModelProvider, "GPT-3 Small (125M) shape", num_layers=12, hidden_size=768,
                 num_attention_heads=12, **_GPT3)
@@ -75,8 +75,8 @@ register_preset("gpt_1p3b", GPTModelProvider, "GPT-3 XL (1.3B) shape", num_layer
 register_preset("llama_1b", GPTModelProvider, "Llama-3.2-1B-style: RMSNorm, SwiGLU, RoPE, GQA 32/8",
                 num_layers=16, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
                 num_query_groups=8, seq_length=2048, **_LLAMA)
-register_preset("t5_tiny", T5ModelProvider, "2+2-layer, 128-wide T5 for tests", num_layers=2, hidden_size=128,
-                num_attention_heads=4, **{**_T5, "seq_length": 128, "decoder_seq_length": 64, "hidden_dropout": 0.0})
+register_preset("t5_tiny", T5ModelProvider, "2+2-layer, 128-wide T5 (head dim 64) for tests", num_layers=2,
+                hidden_size=128, num_attention_heads=2, **{**_T5, "seq_length": 128, "decoder_seq_length": 64, "hidden_dropout": 0.0})
 register_preset("t5_small", T5ModelProvider, "T5 small (60M) shape", num_layers=6, hidden_size=512,
                 ffn_hidden_size=2048, num_attention_heads=8, kv_channels=64, **_T5)
 register_preset("t5_base", T5ModelProvider, "T5 base (220M) shape", num_layers=12, hidden_size=768,

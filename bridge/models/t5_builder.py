@@ -12,6 +12,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
 from bridge.models.layer_specs import t5_block_specs
 from bridge.models.parallel import ensure_model_parallel
+from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
 from bridge.models.t5 import T5ModelProvider
 
@@ -54,4 +55,4 @@ def build_t5_model(
         rotary_percent=provider.rotary_percent,
     )
     make_rope_host_compatible(model)
-    return model
+    return place_model(model, model.config)

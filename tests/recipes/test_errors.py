@@ -27,7 +27,7 @@ TRAIN = REPO / "scripts" / "train.py"
     ("gpt_pretrian", [], "no recipe named 'gpt_pretrian'; did you mean 'gpt_pretrain'?"),
     ("gpt_pretrain", ["model.num_layers=abc"], "model.num_layers='abc' is not valid: Value 'abc' of type 'str' could not be converted to Integer"),
     ("gpt_pretrain", ["model=t5_tiny"], "the model is a T5 model (T5ModelProvider) but this recipe trains family=gpt"),
-    ("gpt_pretrain", ["model.num_query_groups=3"], "model: num_query_groups=3 does not divide num_attention_heads=4"),
+    ("gpt_pretrain", ["model.num_query_groups=3"], "model: num_query_groups=3 does not divide num_attention_heads=2"),
     ("gpt_pretrain", ["train.global_batch_size=12"], "train.global_batch_size=12 must be a multiple of train.micro_batch_size=8"),
     ("gpt_pretrain", ["family=bert"], "family='bert' is not valid; use one of: gpt, t5"),
     ("gpt_pretrain", ["tokenizer.type=wordpiece"], "tokenizer.type='wordpiece' is not valid"),
@@ -71,3 +71,14 @@ def test_train_script_cfg_prints_the_validated_run_without_training():
     assert "family: t5" in proc.stdout and "encoder_attention_backend: flash" in proc.stdout
     assert "vocab_size: 359" in proc.stdout
     assert "encoder.use_flash_attention is deprecated" in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.dtype=fp64"], "model.dtype='fp64' is not a supported dtype; valid values: fp32, bf16, fp16"),
+    (["data.seq_length=${model.seq_len}"], "data.seq_length: Interpolation key 'model.seq_len' not found"),
+    (["model.seq_length"], "cannot parse override"),
+])
+def test_other_bad_values_are_config_errors(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("gpt_pretrain", overrides)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value), str(info.value)

@@ -1,18 +1,18 @@
 // Main flash-attention backward kernel (FA2-class: mma.sync m16n8k16 + ldmatrix + cp.async).
 //
-// One CTA per (K/V tile of kBlockN rows, kv head, batch). K and V stay in shared memory and dK, dV in fp32
-// registers while the CTA loops over the r = h / h_k query heads of its group and over their Q tiles of
-// kBlockM rows, so GQA/MQA reduce dK/dV with no atomics and no repeated K/V.
-//
-// Each warp owns 16 rows of the K/V tile and works in the transposed frame (kv rows x q columns):
-//   S^T  = K_w Q^T                     P^T = exp(scale * S^T - lse)   (recomputed from the forward's lse)
-//   dP^T = V_w dO^T                    dS^T = P^T * (dP^T - D)
-//   dV  += P^T dO                      dK  += dS^T Q
-// so P^T and dS^T leave the accumulators straight as A operands, with no shared-memory round trip.
-// dQ needs a sum over all kv rows of the tile, so dS^T goes through shared memory once, every warp
-// computes a 16-row slice of dQ_tile = dS K and adds it into the fp32 dq_accum buffer with vector
-// reductions. In deterministic mode those adds are ordered by a per-(batch, head, Q tile) counter: K/V
-// tile n adds only after tile n - 1 did, so the floating-point sum is the same every run.
+// One CTA of 8 warps per (K/V tile of kBlockN = 128 rows, kv head, batch). K and V stay in shared memory and
+// dK, dV in fp32 registers while the CTA loops over the r = h / h_k query heads of its group and over their
+// Q tiles of kBlockM rows (Q, dO, lse and D double buffered with cp.async), so GQA/MQA reduce dK/dV with no
+// atomics and no repeated K/V. Per Q tile:
+//   S  = Q K^T,  dP = dO V^T        warps tiled 2 (Q rows) x 4 (K/V rows): each warp a (kBlockM/2) x 32 block
+//   P  = exp(scale * S - lse),  dS = P * (dP - D)    in registers; P and dS go to shared memory in 16 bits
+//   dV += P^T dO,  dK += dS^T Q     warps tiled 4 (K/V rows) x 2 (head-dim halves): each warp 32 x D/2
+//   dQ_tile = dS K                  warps tiled over (Q rows, head dim) in 32 x 32 blocks, added into the fp32
+//                                   dq_accum buffer with vector reductions
+// Splitting the warps differently per product lets every loaded fragment feed 4-8 MMAs (the first version
+// gave each warp 16 K/V rows for all five products: ~40% more ldmatrix traffic and 188 B of spills at d=128).
+// In deterministic mode the dQ adds are ordered by a per-(batch, head, Q tile) counter: K/V tile n adds only
+// after tile n - 1 did, so the floating-point sum is the same every run.
 #pragma once
 #include <cmath>
 
@@ -23,25 +23,32 @@
 namespace bridge_flash {
 namespace bwd {
 
-template <typename T, int D>
+template <typename T, int D, int kBlockM_>
 struct BwdConfig {
     static constexpr int kBlockN = 128;  // K/V rows per CTA
-    // Q rows per inner iteration. 64 measured faster than 32 for hd128 too (H100: 0.71-0.78x vs 0.65-0.72x of
-    // FA2's backward), despite ptxas spilling a few registers there; BRIDGE_FLASH_BWD_BLOCK_M overrides it.
-#ifndef BRIDGE_FLASH_BWD_BLOCK_M
-#define BRIDGE_FLASH_BWD_BLOCK_M 64
-#endif
-    static constexpr int kBlockM = BRIDGE_FLASH_BWD_BLOCK_M;
+    static constexpr int kBlockM = kBlockM_;  // Q rows per inner iteration
     static constexpr int kWarps = 8;
     static constexpr int kThreads = kWarps * 32;
-    static_assert(kBlockN == 16 * kWarps, "each warp owns 16 K/V rows");
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
-    static_assert(kBlockM == 32 || kBlockM == 64, "Q tile of 32 or 64 rows");
-    // dQ_tile [kBlockM x D] is split over the warps as kDqWarpsM row groups of 16 x kDqWarpsN column groups.
-    static constexpr int kDqWarpsM = kBlockM / 16;
-    static constexpr int kDqWarpsN = kWarps / kDqWarpsM;
-    static constexpr int kDqCols = D / kDqWarpsN;
-    static_assert(kDqCols % 16 == 0, "each warp's dQ slice is a whole number of 16-column blocks");
+    static_assert(kBlockM == 64 || kBlockM == 128, "Q tile of 64 or 128 rows");
+
+    // S / dP: 2 x 4 warps, each (kBlockM / 2) Q rows x 32 K/V columns
+    static constexpr int kSWarpsN = 4;
+    static constexpr int kSRows = kBlockM / 2;
+    static constexpr int kSMTiles = kSRows / 16;
+    static constexpr int kSCols = kBlockN / kSWarpsN;
+    static constexpr int kSNTiles = kSCols / 8;
+    // dK / dV: 4 x 2 warps, each 32 K/V rows x D/2 columns
+    static constexpr int kKVWarpsN = 4;
+    static constexpr int kKVMTiles = kBlockN / kKVWarpsN / 16;
+    static constexpr int kKVCols = D / 2;
+    static constexpr int kKVNTiles = kKVCols / 8;
+    // dQ: (kBlockM / 32) x (rest) warps, each 32 Q rows x kQCols columns
+    static constexpr int kQWarpsM = kBlockM / 32;
+    static constexpr int kQWarpsD = kWarps / kQWarpsM;
+    static constexpr int kQCols = D / kQWarpsD;
+    static constexpr int kQNTiles = kQCols / 8;
+    static_assert(kQCols % 16 == 0, "each warp's dQ slice is a whole number of 16-column blocks");
 
     // shared memory, in 16-bit elements; Q / dO tiles and their lse / D rows are double buffered
     static constexpr int kTileQ = kBlockM * D;
@@ -50,9 +57,11 @@ struct BwdConfig {
     static constexpr int kOffV = kOffK + kTileK;
     static constexpr int kOffQ = kOffV + kTileK;
     static constexpr int kOffdO = kOffQ + 2 * kTileQ;
-    static constexpr int kOffdS = kOffdO + 2 * kTileQ;
-    static constexpr int kElems = kOffdS + kBlockN * kBlockM;
+    static constexpr int kOffP = kOffdO + 2 * kTileQ;
+    static constexpr int kOffdS = kOffP + kBlockM * kBlockN;
+    static constexpr int kElems = kOffdS + kBlockM * kBlockN;
     static constexpr int kSmemBytes = kElems * 2 + 2 * 2 * kBlockM * static_cast<int>(sizeof(float));
+    static_assert(kSmemBytes <= 227 * 1024, "shared memory over the sm_90 per-block limit");
 };
 
 /// A lane's row and 16-byte chunk inside a 16x16 block for ldmatrix x4 (lanes 8i..8i+7 address matrix i).
@@ -74,52 +83,82 @@ __device__ __forceinline__ LaneAddr lane_cols_first(int lane) {
     return {(lane & 7) + (lane >> 4) * 8, (lane >> 3) & 1};
 }
 
-/// Byte offset of the lane's 16-byte row piece of the 16x16 block at (row0, col0) of a [rows][kCols] tile.
+/// A lane's byte offsets into a swizzled [rows][kCols] tile for ldmatrix x4 on the 16x16 blocks whose first
+/// 16-byte chunk is w + 2j (w: an even run-time chunk offset, j: compile time) and first row row0 (a multiple
+/// of 8, so the swizzle term row & 7 is the lane's own): the swizzle only permutes chunks inside aligned
+/// groups of 8, so four per-lane values cover every j and the rest is an immediate (row0, j / 4).
+/// Built inside the main loop from a value the compiler cannot hoist: hoisting one address per (operand,
+/// k step) out of the loop took ~80 registers and made ptxas spill.
 template <int kCols>
-__device__ __forceinline__ uint32_t ldm_off(LaneAddr l, int row0, int col0) {
-    return static_cast<uint32_t>(swz<kCols>(row0 + l.row, col0 + l.chunk * 8) * 2);
-}
+struct SwzLane {
+    uint32_t v[4];
+    __device__ __forceinline__ SwzLane(LaneAddr l, int lane, int w) {
+#pragma unroll
+        for (int lo = 0; lo < 4; ++lo)
+            v[lo] = static_cast<uint32_t>((l.row * kCols + (((w + 2 * lo + l.chunk) ^ (lane & 7)) << 3)) * 2);
+    }
+    __device__ __forceinline__ uint32_t at(int row0, int j) const {
+        return v[j & 3] + static_cast<uint32_t>(row0 * kCols * 2 + (j >> 2) * 128);
+    }
+};
 
-/// acc[kNTiles][4] (16 rows x 8*kNTiles cols) += A_w (16 x D, rows a_row0.. of sA) * B^T, where B is
-/// stored [n][D] in sB: the "both operands K-major" product used for S^T = K Q^T and dP^T = V dO^T.
-template <typename T, int D, int kNTiles>
-__device__ __forceinline__ void gemm_rows_x_rowsT(float (&acc)[kNTiles][4], uint32_t sA, int a_row0, uint32_t sB,
-                                                  int lane) {
-    const LaneAddr la = lane_rows_first(lane), lb = lane_cols_first(lane);
+/// One warp's acc[MT][NT][4] (MT*16 x NT*8) += A * B over a k extent of kK, both operands in swizzled
+/// shared memory. A: a row-major [m][k] tile (a_base at the warp's first row, lane pattern rows-first, w = 0),
+/// or (kATrans) a [k][m] tile (a_base at row 0, cols-first pattern, w = the warp's first column / 8).
+/// B: an [n][k] tile (b_base at the warp's first row, cols-first, w = 0), or (kBKN) a [k][n] tile
+/// (b_base at row 0, rows-first, w = the warp's first column / 8).
+template <typename T, int MT, int NT, int kK, int kACols, int kBCols, bool kATrans, bool kBKN>
+__device__ __forceinline__ void warp_gemm(float (&acc)[MT][NT][4], uint32_t a_base, const SwzLane<kACols>& al,
+                                          uint32_t b_base, const SwzLane<kBCols>& bl) {
+    static_assert(NT % 2 == 0, "B fragments come in pairs of n8 tiles");
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, sA + ldm_off<D>(la, a_row0, kk * 16));
+    for (int kk = 0; kk < kK / 16; ++kk) {
+        uint32_t a[MT][4];
 #pragma unroll
-        for (int nn = 0; nn < kNTiles / 2; ++nn) {
-            uint32_t b[4];
-            ldmatrix_x4(b, sB + ldm_off<D>(lb, nn * 16, kk * 16));
-            mma_16x8x16<T>(acc[2 * nn], a, b[0], b[1]);
-            mma_16x8x16<T>(acc[2 * nn + 1], a, b[2], b[3]);
+        for (int mt = 0; mt < MT; ++mt) {
+            if constexpr (kATrans) {
+                ldmatrix_x4_trans(a[mt], a_base + al.at(kk * 16, mt));
+            } else {
+                ldmatrix_x4(a[mt], a_base + al.at(mt * 16, kk));
+            }
         }
+        uint32_t b[NT][2];
+#pragma unroll
+        for (int j = 0; j < NT / 2; ++j) {
+            uint32_t r[4];
+            if constexpr (kBKN) {
+                ldmatrix_x4_trans(r, b_base + bl.at(kk * 16, j));
+            } else {
+                ldmatrix_x4(r, b_base + bl.at(j * 16, kk));
+            }
+            b[2 * j][0] = r[0];
+            b[2 * j][1] = r[1];
+            b[2 * j + 1][0] = r[2];
+            b[2 * j + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt) mma_16x8x16<T>(acc[mt][nt], a[mt], b[nt][0], b[nt][1]);
     }
 }
 
-/// acc[D/8][4] (16 x D) += A (16 x kBlockM, given as accumulator-layout fp32 registers) * B, where B is
-/// stored [kBlockM][D] row-major in sB: dV += P^T dO and dK += dS^T Q.
-template <typename T, int D, int kMTiles>
-__device__ __forceinline__ void gemm_regs_x_rows(float (&acc)[D / 8][4], const float (&a_acc)[kMTiles][4],
-                                                 uint32_t sB, int lane) {
-    const LaneAddr lb = lane_rows_first(lane);
+/// Returns x through an opaque move, so values derived from it are computed where they are used instead of
+/// being hoisted out of the loop and held in registers.
+__device__ __forceinline__ uint32_t opaque(uint32_t x) {
+    uint32_t y;
+    asm volatile("mov.b32 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
 #pragma unroll
-    for (int kq = 0; kq < kMTiles / 2; ++kq) {
-        const uint32_t a[4] = {ElemTraits<T>::pack(a_acc[2 * kq][0], a_acc[2 * kq][1]),
-                               ElemTraits<T>::pack(a_acc[2 * kq][2], a_acc[2 * kq][3]),
-                               ElemTraits<T>::pack(a_acc[2 * kq + 1][0], a_acc[2 * kq + 1][1]),
-                               ElemTraits<T>::pack(a_acc[2 * kq + 1][2], a_acc[2 * kq + 1][3])};
+    for (int i = 0; i < MT; ++i)
 #pragma unroll
-        for (int nd = 0; nd < D / 16; ++nd) {
-            uint32_t b[4];
-            ldmatrix_x4_trans(b, sB + ldm_off<D>(lb, kq * 16, nd * 16));
-            mma_16x8x16<T>(acc[2 * nd], a, b[0], b[1]);
-            mma_16x8x16<T>(acc[2 * nd + 1], a, b[2], b[3]);
-        }
-    }
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 }
 
 /// Two adjacent fp32 adds into global memory (one vector reduction on sm_90, two atomics before).
@@ -142,23 +181,35 @@ __device__ __forceinline__ void st_release(int* p, int v) {
     asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
 }
 
-template <typename T, int D>
-__global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_kernel(const BwdParams p) {
-    using C = BwdConfig<T, D>;
+/// kHeavyFirst: grid (h_k * b, K/V tiles) instead of (K/V tiles, h_k, b). Under a causal mask K/V tile 0 has
+/// the most Q tiles to visit; numbering every head's tile 0 first starts the longest CTAs first, so the last
+/// wave is short ones (GQA loops r heads per CTA, which makes the spread larger).
+template <typename T, int D, int kBlockM_, bool kHeavyFirst>
+__global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams p) {
+    using C = BwdConfig<T, D, kBlockM_>;
     constexpr int kBlockM = C::kBlockM, kBlockN = C::kBlockN, kThreads = C::kThreads;
-    constexpr int kSTiles = kBlockM / 8;  // n8 tiles across the Q rows of S^T
     extern __shared__ __align__(128) unsigned char smem_raw[];
     T* smem = reinterpret_cast<T*>(smem_raw);
     T* sK = smem + C::kOffK;
     T* sV = smem + C::kOffV;
+    T* sP = smem + C::kOffP;
     T* sdS = smem + C::kOffdS;
-    float* sLse2 = reinterpret_cast<float*>(smem + C::kElems);  // [2][kBlockM]: lse * log2(e), +inf if no row
-    float* sDsum = sLse2 + 2 * kBlockM;                          // [2][kBlockM]
+    float* sLse = reinterpret_cast<float*>(smem + C::kElems);  // [2][kBlockM], the forward's lse as is
+    float* sDsum = sLse + 2 * kBlockM;                         // [2][kBlockM]
 
-    // Grid (K/V tiles, h_k, b): CTAs running side by side share a (batch, head) and read the same Q / dO
-    // tiles, which then come from L2 (putting the tile index last measured 10-15% slower). Deterministic
-    // mode relies on tile n - 1 of a (batch, head) starting before tile n: it has the lower block index.
-    const int n_block = blockIdx.x, kvh = blockIdx.y, bi = blockIdx.z;
+    // Default grid (K/V tiles, h_k, b): CTAs running side by side share a (batch, head) and read the same
+    // Q / dO tiles from L2. Deterministic mode relies on tile n - 1 of a (batch, head) starting before
+    // tile n: in both orders it has the lower linear block index.
+    int n_block, kvh, bi;
+    if constexpr (kHeavyFirst) {
+        kvh = blockIdx.x % p.h_k;
+        bi = blockIdx.x / p.h_k;
+        n_block = blockIdx.y;
+    } else {
+        n_block = blockIdx.x;
+        kvh = blockIdx.y;
+        bi = blockIdx.z;
+    }
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int g = lane >> 2, t = lane & 3;
     const bool varlen_q = p.cu_seqlens_q != nullptr, varlen_k = p.cu_seqlens_k != nullptr;
@@ -184,7 +235,7 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_k
     const float* lse_seq = p.lse + static_cast<int64_t>(bi) * p.lse_batch_stride + qs.start;
     const float* dsum_seq = p.dsoftmax_sum + static_cast<int64_t>(bi) * p.lse_batch_stride + qs.start;
 
-    // Issue the copies (and lse / D rows) of inner iteration `it` into buffer `buf`.
+    // Issue the copies of inner iteration `it` (Q, dO tiles and their lse / D rows) into buffer `buf`.
     auto prefetch = [&](int it, int buf) {
         const int hq = kvh * group + it / m_count;
         const int m0 = (m_begin + it % m_count) * kBlockM;
@@ -196,16 +247,14 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_k
         load_tile_async<kBlockM, D, kThreads>(smem + C::kOffQ + buf * C::kTileQ, gQ, p.q_row_stride, rows, tid);
         load_tile_async<kBlockM, D, kThreads>(smem + C::kOffdO + buf * C::kTileQ, gdO, p.do_row_stride, rows, tid);
         if (tid < kBlockM) {
-            float lse2 = INFINITY, dsum = 0.f;  // rows past the end: P = exp2(x - inf) = 0
-            if (tid < rows) {
-                const int64_t off = static_cast<int64_t>(hq) * p.lse_head_stride + m0 + tid;
-                const float lse = lse_seq[off];
-                // A row that saw no key has lse = -inf; its probabilities are all zero, not NaN.
-                lse2 = lse == -INFINITY ? INFINITY : lse * static_cast<float>(M_LOG2E);
-                dsum = dsum_seq[off];
-            }
-            sLse2[buf * kBlockM + tid] = lse2;
-            sDsum[buf * kBlockM + tid] = dsum;
+            const bool in_range = tid < rows;  // rows past the end are zero-filled and masked where used
+            const int64_t off = static_cast<int64_t>(hq) * p.lse_head_stride + m0 + (in_range ? tid : 0);
+            cp_async_4(smem_u32(sLse + buf * kBlockM + tid), lse_seq + off, in_range);
+        } else if (tid >= kThreads - kBlockM) {
+            const int r = tid - (kThreads - kBlockM);
+            const bool in_range = r < rows;
+            const int64_t off = static_cast<int64_t>(hq) * p.lse_head_stride + m0 + (in_range ? r : 0);
+            cp_async_4(smem_u32(sDsum + buf * kBlockM + r), dsum_seq + off, in_range);
         }
     };
 
@@ -214,14 +263,20 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_k
     if (iters > 0) prefetch(0, 0);
     cp_async_commit();
 
-    float acc_dk[D / 8][4], acc_dv[D / 8][4];
-#pragma unroll
-    for (int j = 0; j < D / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc_dk[j][e] = acc_dv[j][e] = 0.f;
+    // warp roles per product (see the file comment)
+    const int s_row0 = (warp / C::kSWarpsN) * C::kSRows;  // Q rows of this warp's S / dP block
+    const int s_col0 = (warp % C::kSWarpsN) * C::kSCols;  // K/V rows (columns of S)
+    const int kv_row0 = (warp % C::kKVWarpsN) * (C::kKVMTiles * 16);  // dK / dV rows
+    const int kv_col0 = (warp / C::kKVWarpsN) * C::kKVCols;           // dK / dV head-dim columns
+    const int q_row0 = (warp % C::kQWarpsM) * 32;                     // dQ rows
+    const int q_col0 = (warp / C::kQWarpsM) * C::kQCols;              // dQ columns
 
-    const int row_w = warp * 16;  // this warp's first K/V row inside the tile
+    float acc_dk[C::kKVMTiles][C::kKVNTiles][4], acc_dv[C::kKVMTiles][C::kKVNTiles][4];
+    zero_acc(acc_dk);
+    zero_acc(acc_dv);
+
     const float scale_log2 = p.scale_softmax_log2;
+    const uint32_t smem_u = smem_u32(smem);
 
 #pragma unroll 1
     for (int it = 0; it < iters; ++it) {
@@ -230,89 +285,98 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_k
         const int m_block = m_begin + it % m_count;
         const int m0 = m_block * kBlockM;
         cp_async_wait<0>();
-        __syncthreads();  // tile `it` landed; every warp is done with iteration it - 1 (its buffers, sdS)
+        __syncthreads();  // tile `it` landed; every warp is done with iteration it - 1 (its buffers, sP, sdS)
         if (it + 1 < iters) prefetch(it + 1, buf ^ 1);
         cp_async_commit();
 
-        const T* sQ = smem + C::kOffQ + buf * C::kTileQ;
-        const T* sdO = smem + C::kOffdO + buf * C::kTileQ;
-        const float* lse2 = sLse2 + buf * kBlockM;
+        const uint32_t base = opaque(smem_u);
+        const int ln = static_cast<int>(opaque(lane));
+        const uint32_t sK_u = base + C::kOffK * 2, sV_u = base + C::kOffV * 2;
+        const uint32_t sP_u = base + C::kOffP * 2, sdS_u = base + C::kOffdS * 2;
+        const uint32_t sQ_u = base + (C::kOffQ + buf * C::kTileQ) * 2;
+        const uint32_t sdO_u = base + (C::kOffdO + buf * C::kTileQ) * 2;
+        const float* lse = sLse + buf * kBlockM;
         const float* dsum = sDsum + buf * kBlockM;
 
-        // S^T = K_w Q^T, then P^T in place.
-        float acc_s[kSTiles][4];
-#pragma unroll
-        for (int j = 0; j < kSTiles; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_s[j][e] = 0.f;
-        gemm_rows_x_rowsT<T, D, kSTiles>(acc_s, smem_u32(sK), row_w, smem_u32(sQ), lane);
+        // S = Q K^T
+        float acc_s[C::kSMTiles][C::kSNTiles][4];
+        zero_acc(acc_s);
+        warp_gemm<T, C::kSMTiles, C::kSNTiles, D, D, D, false, false>(
+            acc_s, sQ_u + s_row0 * D * 2, SwzLane<D>(lane_rows_first(ln), ln, 0), sK_u + s_col0 * D * 2,
+            SwzLane<D>(lane_cols_first(ln), ln, 0));
 
+        // P = exp2(scale * log2(e) * S - lse * log2(e)), kept as packed 16-bit pairs: P is rounded to 16 bits
+        // for dV = P^T dO anyway, and using the same rounded P in dS = P (dP - D) frees 16-32 registers
+        // (the fp32 copy made ptxas spill at d = 128); its rounding is of the size of dS's own.
         const bool need_mask = n0 + kBlockN > ks.len || (p.is_causal && n0 + kBlockN - 1 > m0 + diag);
+        uint32_t p16[C::kSMTiles][C::kSNTiles][2];
 #pragma unroll
-        for (int j = 0; j < kSTiles; ++j) {
+        for (int mt = 0; mt < C::kSMTiles; ++mt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int qc = j * 8 + 2 * t + (e & 1);
-                float x = acc_s[j][e] * scale_log2 - lse2[qc];
-                if (need_mask) {
-                    const int kr = n0 + row_w + g + (e >> 1) * 8;
-                    if (kr >= ks.len || (p.is_causal && kr > m0 + qc + diag)) x = -INFINITY;
+            for (int h = 0; h < 2; ++h) {
+                const int qr = s_row0 + mt * 16 + g + h * 8;  // row inside the Q tile
+                const float l = lse[qr];
+                // Rows past the end and rows that saw no key (lse = -inf) get P = 0, never NaN.
+                const float lse2 = (m0 + qr < qs.len && l != -INFINITY) ? l * static_cast<float>(M_LOG2E) : INFINITY;
+#pragma unroll
+                for (int nt = 0; nt < C::kSNTiles; ++nt) {
+                    float pe[2];
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        float x = fmaf(acc_s[mt][nt][2 * h + e], scale_log2, -lse2);
+                        if (need_mask) {
+                            const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
+                            if (kc >= ks.len || (p.is_causal && kc > m0 + qr + diag)) x = -INFINITY;
+                        }
+                        pe[e] = exp2f(x);
+                    }
+                    p16[mt][nt][h] = ElemTraits<T>::pack(pe[0], pe[1]);
+                    *reinterpret_cast<uint32_t*>(sP + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = p16[mt][nt][h];
                 }
-                acc_s[j][e] = exp2f(x);
             }
         }
 
-        // dP^T = V_w dO^T, then dS^T = P^T (dP^T - D) in place.
-        float acc_dp[kSTiles][4];
+        // dP = dO V^T, then dS = P (dP - D) to shared memory.
+        float acc_dp[C::kSMTiles][C::kSNTiles][4];
+        zero_acc(acc_dp);
+        warp_gemm<T, C::kSMTiles, C::kSNTiles, D, D, D, false, false>(
+            acc_dp, sdO_u + s_row0 * D * 2, SwzLane<D>(lane_rows_first(ln), ln, 0), sV_u + s_col0 * D * 2,
+            SwzLane<D>(lane_cols_first(ln), ln, 0));
 #pragma unroll
-        for (int j = 0; j < kSTiles; ++j)
+        for (int mt = 0; mt < C::kSMTiles; ++mt) {
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc_dp[j][e] = 0.f;
-        gemm_rows_x_rowsT<T, D, kSTiles>(acc_dp, smem_u32(sV), row_w, smem_u32(sdO), lane);
+            for (int h = 0; h < 2; ++h) {
+                const int qr = s_row0 + mt * 16 + g + h * 8;
+                const float ds = dsum[qr];
 #pragma unroll
-        for (int j = 0; j < kSTiles; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_dp[j][e] = acc_s[j][e] * (acc_dp[j][e] - dsum[j * 8 + 2 * t + (e & 1)]);
-
-        gemm_regs_x_rows<T, D, kSTiles>(acc_dv, acc_s, smem_u32(sdO), lane);
-        gemm_regs_x_rows<T, D, kSTiles>(acc_dk, acc_dp, smem_u32(sQ), lane);
-
-        // dS^T to shared memory for dQ = dS K.
-#pragma unroll
-        for (int j = 0; j < kSTiles; ++j) {
-            const int col = j * 8 + 2 * t;
-            *reinterpret_cast<uint32_t*>(sdS + swz<kBlockM>(row_w + g, col)) =
-                ElemTraits<T>::pack(acc_dp[j][0], acc_dp[j][1]);
-            *reinterpret_cast<uint32_t*>(sdS + swz<kBlockM>(row_w + g + 8, col)) =
-                ElemTraits<T>::pack(acc_dp[j][2], acc_dp[j][3]);
+                for (int nt = 0; nt < C::kSNTiles; ++nt) {
+                    const float2 pf = unpack2<T>(p16[mt][nt][h]);
+                    *reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = ElemTraits<T>::pack(
+                        pf.x * (acc_dp[mt][nt][2 * h] - ds), pf.y * (acc_dp[mt][nt][2 * h + 1] - ds));
+                }
+            }
         }
         __syncthreads();
 
-        // dQ_tile[16 x D/2 per warp] = dS[q rows][all kv rows] K[kv rows][cols]
-        const int wm = warp % C::kDqWarpsM, wn = warp / C::kDqWarpsM;
-        float acc_dq[C::kDqCols / 8][4];
-#pragma unroll
-        for (int j = 0; j < C::kDqCols / 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc_dq[j][e] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-            uint32_t a[4];
-            ldmatrix_x4_trans(a, smem_u32(sdS) + ldm_off<kBlockM>(lane_cols_first(lane), kk * 16, wm * 16));
-#pragma unroll
-            for (int nd = 0; nd < C::kDqCols / 16; ++nd) {
-                uint32_t b[4];
-                ldmatrix_x4_trans(
-                    b, smem_u32(sK) + ldm_off<D>(lane_rows_first(lane), kk * 16, wn * C::kDqCols + nd * 16));
-                mma_16x8x16<T>(acc_dq[2 * nd], a, b[0], b[1]);
-                mma_16x8x16<T>(acc_dq[2 * nd + 1], a, b[2], b[3]);
-            }
+        // dV += P^T dO, dK += dS^T Q (A operands read transposed from the [q][kv] tiles).
+        {
+            const SwzLane<kBlockN> al(lane_cols_first(ln), ln, kv_row0 / 8);
+            const SwzLane<D> bl(lane_rows_first(ln), ln, kv_col0 / 8);
+            warp_gemm<T, C::kKVMTiles, C::kKVNTiles, kBlockM, kBlockN, D, true, true>(acc_dv, sP_u, al, sdO_u, bl);
+            warp_gemm<T, C::kKVMTiles, C::kKVNTiles, kBlockM, kBlockN, D, true, true>(acc_dk, sdS_u, al, sQ_u, bl);
         }
+
+        // dQ_tile = dS K, this warp's 32 x kQCols block.
+        float acc_dq[2][C::kQNTiles][4];
+        zero_acc(acc_dq);
+        warp_gemm<T, 2, C::kQNTiles, kBlockN, kBlockN, D, false, true>(
+            acc_dq, sdS_u + q_row0 * kBlockN * 2, SwzLane<kBlockN>(lane_rows_first(ln), ln, 0), sK_u,
+            SwzLane<D>(lane_rows_first(ln), ln, q_col0 / 8));
 
         int* sem = nullptr;
         if (p.deterministic) {
             sem = static_cast<int*>(p.workspace) +
-                  (static_cast<int64_t>(bi) * p.h + hq) * ((p.seqlen_q + kBlockM - 1) / kBlockM) + m_block;
+                  (static_cast<int64_t>(bi) * p.h + hq) * ((p.seqlen_q + 31) / 32) + m_block;
             if (tid == 0)
                 while (ld_acquire(sem) != n_block) {
                 }
@@ -320,13 +384,16 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_k
         }
         float* accum = p.dq_accum + (accum_row(varlen_q, bi, qs.start, p.seqlen_q, m0) * p.h + hq) * D;
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int r = wm * 16 + g + half * 8;
-            if (m0 + r < qs.len) {
-                float* row = accum + static_cast<int64_t>(r) * p.h * D + wn * C::kDqCols + 2 * t;
+        for (int mt = 0; mt < 2; ++mt) {
 #pragma unroll
-                for (int j = 0; j < C::kDqCols / 8; ++j)
-                    red_add_f32x2(row + j * 8, acc_dq[j][half * 2], acc_dq[j][half * 2 + 1]);
+            for (int h = 0; h < 2; ++h) {
+                const int r = q_row0 + mt * 16 + g + h * 8;
+                if (m0 + r < qs.len) {
+                    float* row = accum + static_cast<int64_t>(r) * p.h * D + q_col0 + 2 * t;
+#pragma unroll
+                    for (int nt = 0; nt < C::kQNTiles; ++nt)
+                        red_add_f32x2(row + nt * 8, acc_dq[mt][nt][2 * h], acc_dq[mt][nt][2 * h + 1]);
+                }
             }
         }
         if (p.deterministic) {
@@ -342,17 +409,20 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1) flash_bwd_main_k
     T* gdV = static_cast<T*>(p.dv) + seq_offset(varlen_k, bi, ks.start, p.dv_batch_stride, p.dv_row_stride) +
              static_cast<int64_t>(kvh) * p.dv_head_stride;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int kr = n0 + row_w + g + half * 8;
-        if (kr >= ks.len) continue;
-        T* dk_row = gdK + static_cast<int64_t>(kr) * p.dk_row_stride + 2 * t;
-        T* dv_row = gdV + static_cast<int64_t>(kr) * p.dv_row_stride + 2 * t;
+    for (int mt = 0; mt < C::kKVMTiles; ++mt) {
 #pragma unroll
-        for (int j = 0; j < D / 8; ++j) {
-            *reinterpret_cast<uint32_t*>(dk_row + j * 8) =
-                ElemTraits<T>::pack(acc_dk[j][half * 2] * p.scale_softmax, acc_dk[j][half * 2 + 1] * p.scale_softmax);
-            *reinterpret_cast<uint32_t*>(dv_row + j * 8) =
-                ElemTraits<T>::pack(acc_dv[j][half * 2], acc_dv[j][half * 2 + 1]);
+        for (int h = 0; h < 2; ++h) {
+            const int kr = n0 + kv_row0 + mt * 16 + g + h * 8;
+            if (kr >= ks.len) continue;
+            T* dk_row = gdK + static_cast<int64_t>(kr) * p.dk_row_stride + kv_col0 + 2 * t;
+            T* dv_row = gdV + static_cast<int64_t>(kr) * p.dv_row_stride + kv_col0 + 2 * t;
+#pragma unroll
+            for (int nt = 0; nt < C::kKVNTiles; ++nt) {
+                *reinterpret_cast<uint32_t*>(dk_row + nt * 8) = ElemTraits<T>::pack(
+                    acc_dk[mt][nt][2 * h] * p.scale_softmax, acc_dk[mt][nt][2 * h + 1] * p.scale_softmax);
+                *reinterpret_cast<uint32_t*>(dv_row + nt * 8) =
+                    ElemTraits<T>::pack(acc_dv[mt][nt][2 * h], acc_dv[mt][nt][2 * h + 1]);
+            }
         }
     }
 }

@@ -3,30 +3,69 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "flash_bwd_kernel.cuh"
 #include "flash_bwd_prepost.cuh"
 #include "flash_launch.h"
 #include "flash_params.h"
 
 namespace bridge_flash {
+namespace bwd {
+
+// TEMPORARY tuning switches (read once per process): BRIDGE_FLASH_BWD_BM=64|128 (d=64 Q tile),
+// BRIDGE_FLASH_BWD_ORDER=0 disables the heavy-first grid for causal.
+inline int env_int(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v ? std::atoi(v) : fallback;
+}
+
+template <typename T, int D, int kBlockM, bool kHeavyFirst>
+void launch_main(BwdParams& params, cudaStream_t stream) {
+    using Config = BwdConfig<T, D, kBlockM>;
+    auto kernel = flash_bwd_main_kernel<T, D, kBlockM, kHeavyFirst>;
+    // Above 48 KB of dynamic shared memory a kernel must opt in; cheap enough to do on every call.
+    cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes);
+    const int n_tiles = (params.seqlen_k + Config::kBlockN - 1) / Config::kBlockN;
+    const dim3 grid = kHeavyFirst ? dim3(params.h_k * params.b, n_tiles, 1) : dim3(n_tiles, params.h_k, params.b);
+    kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(params);
+}
+
+template <typename T, int D, int kBlockM>
+void launch_ordered(BwdParams& params, cudaStream_t stream) {
+    static const bool heavy_ok = env_int("BRIDGE_FLASH_BWD_ORDER", 1) != 0;
+    const int n_tiles = (params.seqlen_k + 127) / 128;
+    // grid.y holds at most 65535 tiles (8M keys); longer sequences keep the default order.
+    if (heavy_ok && params.is_causal && n_tiles <= 65535 && static_cast<int64_t>(params.h_k) * params.b < (1u << 31)) {
+        launch_main<T, D, kBlockM, true>(params, stream);
+    } else {
+        launch_main<T, D, kBlockM, false>(params, stream);
+    }
+}
+
+}  // namespace bwd
 
 /// Expects: dq_accum with room for [rows, h, D] fp32 (rows = b * seqlen_q, or total_q for varlen; the
 /// pre-pass zeroes it), dsoftmax_sum laid out like lse, and, when deterministic, workspace pointing at
 /// b * h * ceil(seqlen_q / 32) zeroed int32 counters. Launch errors are left for cudaGetLastError.
 template <typename T, int D>
 void run_flash_bwd(BwdParams& params, cudaStream_t stream) {
-    using Config = bwd::BwdConfig<T, D>;
     if (params.b == 0 || params.h == 0) return;
     if (params.seqlen_q > 0) {
         const dim3 grid((params.seqlen_q + bwd::kPrepostRows - 1) / bwd::kPrepostRows, params.h, params.b);
         bwd::flash_bwd_preprocess_kernel<T, D><<<grid, bwd::kPrepostThreads, 0, stream>>>(params);
     }
     if (params.seqlen_k > 0) {
-        auto kernel = bwd::flash_bwd_main_kernel<T, D>;
-        // Above 48 KB of dynamic shared memory a kernel must opt in; cheap enough to do on every call.
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes);
-        const dim3 grid((params.seqlen_k + Config::kBlockN - 1) / Config::kBlockN, params.h_k, params.b);
-        kernel<<<grid, Config::kThreads, Config::kSmemBytes, stream>>>(params);
+        if constexpr (D == 64) {
+            static const int bm = bwd::env_int("BRIDGE_FLASH_BWD_BM", 128);
+            if (bm == 64) {
+                bwd::launch_ordered<T, D, 64>(params, stream);
+            } else {
+                bwd::launch_ordered<T, D, 128>(params, stream);
+            }
+        } else {
+            bwd::launch_ordered<T, D, 64>(params, stream);
+        }
     }
     if (params.seqlen_q > 0) {
         const dim3 grid((params.seqlen_q + bwd::kPrepostRows - 1) / bwd::kPrepostRows, params.h, params.b);

@@ -22,6 +22,13 @@ __device__ __forceinline__ float2 unpack2<__half>(uint32_t v) {
     return __half22float2(*reinterpret_cast<__half2*>(&v));
 }
 
+/// Copies 4 bytes global -> shared (through L1; cp.async.cg takes only 16-byte copies). With pred false
+/// nothing is read and the 4 bytes are zero-filled.
+__device__ __forceinline__ void cp_async_4(uint32_t smem_addr, const void* gmem, bool pred) {
+    const int src_bytes = pred ? 4 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr), "l"(gmem), "r"(src_bytes));
+}
+
 /// Element offset of (row, col) in a swizzled [rows][kCols] tile of 16-bit elements; col may point inside a
 /// 16-byte chunk, as the accumulator-to-shared stores of dS do. Rows of 8+ chunks use the shared layout
 /// (swizzled_offset: chunk ^ (row & 7)); 4-chunk rows (64 bytes, two rows per 128-byte bank line) xor the

@@ -1,0 +1,68 @@
+"""Generate text from a GPT checkpoint written by ``scripts/train.py``.
+
+    python scripts/generate.py --checkpoint checkpoints/gpt_tiny --prompt "The " --max-new-tokens 80
+    python scripts/generate.py --checkpoint checkpoints/gpt_tiny/step_0000200 --top-k 20 --temperature 0.8
+
+The model and the tokenizer are rebuilt from the run config saved with the checkpoint. ``--top-k 1``
+(the default) is greedy decoding. Attention runs with ``--attention-backend`` (default ``auto``: the
+best backend of this machine, whatever the training run used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint.dir (its 'latest' checkpoint is used) or one step_<N> folder")
+    parser.add_argument("--prompt", default="The ", help="text to continue")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
+    parser.add_argument("--top-k", type=int, default=1, help="1 = greedy; k > 1 samples from the k likeliest; 0 = all")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-k != 1)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument("--attention-backend", default="auto", help="auto | flash | fused | local")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from bridge.training import CheckpointError, generate, load_run_config, load_weights
+    from bridge.training.snapshot import provider_from_snapshot, tokenizer_from_snapshot
+
+    try:
+        snapshot = load_run_config(args.checkpoint)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if str(snapshot.get("family", "gpt")).lower() != "gpt":
+        print(f"error: {args.checkpoint} holds a {snapshot.get('family')} model; generate.py reads GPT checkpoints",
+              file=sys.stderr)
+        return 2
+    use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    # Generation runs on this machine with one process: no tensor / pipeline parallel, a backend that fits here.
+    provider = provider_from_snapshot(
+        snapshot, attention_backend=args.attention_backend, use_flash_attention=None,
+        dtype="bf16" if use_cuda else "fp32", tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
+        sequence_parallel=False, use_cpu_initialization=None)
+    tokenizer = tokenizer_from_snapshot(snapshot)
+    model = provider.provide().to("cuda" if use_cuda else "cpu")
+    try:
+        path = load_weights(args.checkpoint, model)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"# {path}", file=sys.stderr)
+    text = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
+                    temperature=args.temperature, seed=args.seed)
+    print(args.prompt + text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

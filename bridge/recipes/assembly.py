@@ -144,8 +144,17 @@ def build_run_config(cfg: DictConfig) -> RunConfig:
     (and T5 ``decoder_seq_length``) equal to the data's, its ``dtype`` equal to ``train.precision``.
     Every problem is a :class:`ConfigError` with a one-line message.
     """
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(cfg)
+    try:
+        return _build(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg))
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as exc:
+        raise config_error(exc) from exc
+    except ValueError as exc:  # a validation rule outside the node constructors (dtype spellings, ...)
+        raise ConfigError(str(exc).strip().splitlines()[0]) from exc
+
+
+def _build(cfg: DictConfig) -> RunConfig:
     cfg = legacy.translate_nemo1(cfg) if legacy.is_nemo1(cfg) else copy.deepcopy(cfg)
     family = _family(cfg)
     if family == "t5" and cfg.model.get("decoder_seq_length") is None:

@@ -90,7 +90,7 @@ def unknown_key_message(full_key: str, parent: Optional[DictConfig]) -> str:
     return f"unknown config key {full_key!r}{hint}"
 
 
-def _explain_omegaconf(exc: OmegaConfBaseException, override: Optional[str] = None) -> str:
+def _explain_omegaconf(exc: OmegaConfBaseException) -> str:
     full_key = getattr(exc, "full_key", None) or ""
     if isinstance(exc, (ConfigAttributeError, ConfigKeyError)) and full_key:
         return unknown_key_message(full_key, getattr(exc, "parent_node", None))
@@ -99,8 +99,8 @@ def _explain_omegaconf(exc: OmegaConfBaseException, override: Optional[str] = No
     if isinstance(exc, ValidationError) and full_key:
         value = getattr(exc, "value", None)
         return f"{full_key}={value!r} is not valid: {_first_line(exc.msg if hasattr(exc, 'msg') else exc)}"
-    where = f" ({override})" if override else ""
-    return f"{_first_line(exc)}{where}"
+    where = f"{full_key}: " if full_key else ""
+    return f"{where}{_first_line(exc.msg if hasattr(exc, 'msg') else exc)}"
 
 
 def _explain_missing_config(exc: MissingConfigException) -> str:

@@ -45,7 +45,9 @@ def mirror_overrides(cfg: DictConfig, overrides: Iterable[str]) -> None:
     for model_key, data_key in PAIRS:
         if not (_has_key(cfg, model_key) and _has_key(cfg, data_key)):
             continue
-        given = {k: values[k] for k in (model_key, data_key) if k in values}
+        # An interpolation (data.seq_length=${model.seq_length}) links the pair by itself: not a value to copy.
+        given = {k: values[k] for k in (model_key, data_key)
+                 if k in values and not (isinstance(values[k], str) and "${" in values[k])}
         if len(given) == 2 and given[model_key] != given[data_key]:
             raise ConfigError(
                 f"{model_key}={given[model_key]} and {data_key}={given[data_key]} disagree; "

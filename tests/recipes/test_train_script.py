@@ -1,4 +1,4 @@
-"""scripts/train.py end to end on the CPU: a tiny GPT under torchrun with 1 and 2 processes, a NeMo-1 T5 file,
+"""scripts/train.py end to end on the CPU: a tiny GPT under torchrun with 1 and 2 processes, both NeMo-1 files,
 each for a few steps; the loss falls and the checkpoint is written."""
 
 from __future__ import annotations

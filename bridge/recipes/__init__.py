@@ -18,6 +18,9 @@ from bridge.recipes.errors import ConfigError
 from bridge.recipes.loading import compose_config, default_config_dir, list_recipes, load_config
 from bridge.recipes.schema import FAMILIES, RunConfig, register_configs
 
+# Importing bridge.recipes makes the schema and the presets available to an app's own ``@hydra.main`` too.
+register_configs()
+
 __all__ = [
     "ConfigError", "FAMILIES", "RunConfig", "build_run_config", "compose_config", "default_config_dir",
     "list_recipes", "load_config", "register_configs",

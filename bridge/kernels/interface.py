@@ -100,6 +100,9 @@ def _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, so
 
 def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
              causal, deterministic):
+    # dout is aligned here, on real tensors: autograd often hands over expanded (stride 0) gradients, and
+    # under AOT tracing the backward wrapper only sees fake tensors.
+    dout = _aligned(dout)
     if not build.backward_is_built():
         raise RuntimeError(
             "the flash backward kernel is not built (bridge/kernels/csrc/flash_api_bwd.cpp is missing): "
@@ -162,7 +165,7 @@ def _backward_with(run_bwd):
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
         max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = ctx.attrs
-        dq, dk, dv = run_bwd(_aligned(dout), q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+        dq, dk, dv = run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                              max_seqlen_k, softmax_scale, causal, deterministic)
         return dq, dk, dv, None, None, None, None, None, None, None
 

@@ -130,3 +130,13 @@ def test_backward_traces_under_torch_compile():
     compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(q, k, v), (q, k, v))
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_expanded_output_gradient_from_sum():
+    # out.sum() hands the backward a stride-0 (expanded) gradient: it must be read as ones, not misread.
+    q, k, v = (torch.randn(1, 200, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grads_sum = torch.autograd.grad(flash_attn_func(q, k, v, causal=True).sum(), (q, k, v))
+    out = flash_attn_func(q, k, v, causal=True)
+    grads_ones = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    for a, b in zip(grads_sum, grads_ones):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

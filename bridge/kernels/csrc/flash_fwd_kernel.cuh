@@ -27,6 +27,15 @@ template <int D> struct FwdTileConfig;
 #ifndef BRIDGE_FWD_BLOCKN_D128
 #define BRIDGE_FWD_BLOCKN_D128 128
 #endif
+#ifndef BRIDGE_FWD_WARPS_D64
+#define BRIDGE_FWD_WARPS_D64 4
+#endif
+#ifndef BRIDGE_FWD_MTILES_D64
+#define BRIDGE_FWD_MTILES_D64 2
+#endif
+#ifndef BRIDGE_FWD_PREFETCH_Q_D64
+#define BRIDGE_FWD_PREFETCH_Q_D64 0
+#endif
 #ifndef BRIDGE_FWD_WARPS_D128
 #define BRIDGE_FWD_WARPS_D128 8
 #endif
@@ -47,8 +56,9 @@ constexpr int kFwdQKUnroll = BRIDGE_FWD_QK_UNROLL;
 // d = 128: O alone is 64 floats per 16 rows, so 8 warps x 1 m-tile, 128 keys per tile, with the Q fragments
 // of the next k-step prefetched during the current MMAs; 216 registers, no spills, 1 CTA (8 warps) per SM.
 template <> struct FwdTileConfig<64> {
-    static constexpr int kWarps = 4, kMTiles = 2, kBlockN = BRIDGE_FWD_BLOCKN_D64;
-    static constexpr bool kPrefetchQ = false;  // measured 1-3% slower at d = 64
+    static constexpr int kWarps = BRIDGE_FWD_WARPS_D64, kMTiles = BRIDGE_FWD_MTILES_D64;
+    static constexpr int kBlockN = BRIDGE_FWD_BLOCKN_D64;
+    static constexpr bool kPrefetchQ = BRIDGE_FWD_PREFETCH_Q_D64 != 0;  // measured 1-3% slower in this layout
 };
 template <> struct FwdTileConfig<128> {
     static constexpr int kWarps = BRIDGE_FWD_WARPS_D128, kMTiles = BRIDGE_FWD_MTILES_D128;

@@ -21,6 +21,8 @@ import warnings
 # CUDA-graph default it sets itself; neither is something a user can act on.
 for _message in ("Transformer Engine and Apex are not installed", "Apex is not installed", "full scope is deprecated"):
     warnings.filterwarnings("ignore", message=_message)
+# torch.distributed.checkpoint's deprecation notices about APIs megatron-core's loader calls, not ours.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch\.distributed\.checkpoint|megatron\.core)")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bridge.recipes import ConfigError, load_config  # noqa: E402

@@ -192,7 +192,12 @@ def train(run) -> TrainResult:
     reporter.line(f"model: {family} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
                   f"{env.world_size} process(es) (data parallel {env.data_parallel_size}), global batch "
                   f"{cfg.global_batch_size} = {cfg.micro_batch_size} × {accumulation} × {env.data_parallel_size}")
+    score_task = (family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value
+                  and not run.data.paths and cfg.task_accuracy_examples)
     try:
+        if score_task and step == 0:  # the "before" of the before/after a fine-tune should show
+            before = _embedded_task_accuracy(core, tokenizer, run, cfg.task_accuracy_examples)
+            reporter.line(f"embedded task accuracy before fine-tuning: {100 * before:.1f}%")
         if step < cfg.train_steps:
             batches = _loader(train_ds, total_samples, consumed, cfg.micro_batch_size, env, run.data.num_workers)
             restore_rng(rng_state)  # after the loader: building it draws from torch's RNG
@@ -209,8 +214,7 @@ def train(run) -> TrainResult:
         if family == "gpt" and cfg.generate_sample:
             result.sample = generate(core, tokenizer, SAMPLE_PROMPT, max_new_tokens=64)
             reporter.line(f"sample: {SAMPLE_PROMPT}{result.sample!r}")
-        if (family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value
-                and not run.data.paths and cfg.task_accuracy_examples):
+        if score_task:
             result.accuracy = _embedded_task_accuracy(core, tokenizer, run, cfg.task_accuracy_examples)
             reporter.line(f"embedded task accuracy: {100 * result.accuracy:.1f}%")
     finally:

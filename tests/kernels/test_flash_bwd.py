@@ -296,6 +296,17 @@ def bench() -> None:
               f"{fa2_ms / ours_ms:6.2f}", flush=True)
 
 
+def one_call(spec: str) -> None:
+    """One backward call of config "b,h,h_kv,d,s,causal" after a warm-up, e.g. for ``ncu`` (profile the last)."""
+    b, h, h_kv, d, s, causal = (int(x) for x in spec.split(","))
+    q, k, v, dout = (torch.randn(b, s, n, d, device="cuda", dtype=torch.bfloat16) for n in (h, h_kv, h_kv, h))
+    scale = 1.0 / math.sqrt(d)
+    out, lse = torch.randn_like(q), torch.randn(b, h, s, device="cuda")
+    for _ in range(2):
+        _ops().bwd(dout, q, k, v, out, lse, None, None, s, s, scale, bool(causal), False)
+    torch.cuda.synchronize()
+
+
 def small_cases() -> None:
     """A few small calls covering every code path (fixed, varlen, GQA, causal, deterministic), for memcheck."""
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -315,6 +326,8 @@ def small_cases() -> None:
 if __name__ == "__main__":
     if "--bench" in sys.argv:
         bench()
+    elif "--one" in sys.argv:
+        one_call(sys.argv[sys.argv.index("--one") + 1])
     elif "--small" in sys.argv:
         small_cases()
     else:

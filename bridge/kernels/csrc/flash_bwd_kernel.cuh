@@ -15,6 +15,7 @@
 // after tile n - 1 did, so the floating-point sum is the same every run.
 #pragma once
 #include <cmath>
+#include <type_traits>
 
 #include "flash_bwd_prepost.cuh"
 #include "flash_bwd_utils.cuh"
@@ -39,10 +40,10 @@ struct BwdConfig {
     static constexpr int kSCols = kBlockN / kSWarpsN;
     static constexpr int kSNTiles = kSCols / 8;
     // dK / dV: 4 x 2 warps, each 32 K/V rows x D/2 columns
+    // dK / dV: warps 0-3 own dV and warps 4-7 dK, each 32 K/V rows x D (one B fragment feeds 4 MMAs)
     static constexpr int kKVWarpsN = 4;
     static constexpr int kKVMTiles = kBlockN / kKVWarpsN / 16;
-    static constexpr int kKVCols = D / 2;
-    static constexpr int kKVNTiles = kKVCols / 8;
+    static constexpr int kKVNTiles = D / 8;
     // dQ: (kBlockM / 32) x (rest) warps, each 32 Q rows x kQCols columns
     static constexpr int kQWarpsM = kBlockM / 32;
     static constexpr int kQWarpsD = kWarps / kQWarpsM;
@@ -161,13 +162,17 @@ __device__ __forceinline__ void zero_acc(float (&acc)[MT][NT][4]) {
             for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 }
 
-/// Two adjacent fp32 adds into global memory (one vector reduction on sm_90, two atomics before).
-__device__ __forceinline__ void red_add_f32x2(float* addr, float a, float b) {
+/// Four adjacent fp32 adds into global memory (one vector reduction on sm_90, four atomics before);
+/// addr is 16-byte aligned.
+__device__ __forceinline__ void red_add_f32x4(float* addr, float a, float b, float c, float d) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b) : "memory");
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "f"(a), "f"(b), "f"(c), "f"(d)
+                 : "memory");
 #else
     atomicAdd(addr, a);
     atomicAdd(addr + 1, b);
+    atomicAdd(addr + 2, c);
+    atomicAdd(addr + 3, d);
 #endif
 }
 
@@ -225,6 +230,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
     const int m_end = (qs.len + kBlockM - 1) / kBlockM;
     const int m_count = max(0, m_end - m_begin);
     const int iters = group * m_count;
+    // Without a mask every K/V tile of a head visits the same Q tiles; starting each at a different one keeps
+    // the CTAs running side by side from adding into the same dQ rows at the same time. Deterministic mode
+    // keeps the plain order (tile n waits for tile n - 1 at every Q tile).
+    const int m_rot = (p.is_causal || p.deterministic || m_count == 0) ? 0 : n_block % m_count;
+    auto m_block_of = [&](int it) {
+        int j = it % m_count + m_rot;
+        if (j >= m_count) j -= m_count;
+        return m_begin + j;
+    };
 
     const T* gK = static_cast<const T*>(p.k) + seq_offset(varlen_k, bi, ks.start, p.k_batch_stride, p.k_row_stride) +
                   static_cast<int64_t>(kvh) * p.k_head_stride + static_cast<int64_t>(n0) * p.k_row_stride;
@@ -238,7 +252,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
     // Issue the copies of inner iteration `it` (Q, dO tiles and their lse / D rows) into buffer `buf`.
     auto prefetch = [&](int it, int buf) {
         const int hq = kvh * group + it / m_count;
-        const int m0 = (m_begin + it % m_count) * kBlockM;
+        const int m0 = m_block_of(it) * kBlockM;
         const int rows = min(kBlockM, qs.len - m0);
         const T* gQ = static_cast<const T*>(p.q) + q_seq + static_cast<int64_t>(hq) * p.q_head_stride +
                       static_cast<int64_t>(m0) * p.q_row_stride;
@@ -267,13 +281,12 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
     const int s_row0 = (warp / C::kSWarpsN) * C::kSRows;  // Q rows of this warp's S / dP block
     const int s_col0 = (warp % C::kSWarpsN) * C::kSCols;  // K/V rows (columns of S)
     const int kv_row0 = (warp % C::kKVWarpsN) * (C::kKVMTiles * 16);  // dK / dV rows
-    const int kv_col0 = (warp / C::kKVWarpsN) * C::kKVCols;           // dK / dV head-dim columns
+    const bool kv_is_dk = warp >= C::kKVWarpsN;  // this warp accumulates dK, else dV
     const int q_row0 = (warp % C::kQWarpsM) * 32;                     // dQ rows
     const int q_col0 = (warp / C::kQWarpsM) * C::kQCols;              // dQ columns
 
-    float acc_dk[C::kKVMTiles][C::kKVNTiles][4], acc_dv[C::kKVMTiles][C::kKVNTiles][4];
-    zero_acc(acc_dk);
-    zero_acc(acc_dv);
+    float acc_kv[C::kKVMTiles][C::kKVNTiles][4];  // dV (warps 0-3) or dK (warps 4-7)
+    zero_acc(acc_kv);
 
     const float scale_log2 = p.scale_softmax_log2;
     const uint32_t smem_u = smem_u32(smem);
@@ -282,7 +295,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
     for (int it = 0; it < iters; ++it) {
         const int buf = it & 1;
         const int hq = kvh * group + it / m_count;
-        const int m_block = m_begin + it % m_count;
+        const int m_block = m_block_of(it);
         const int m0 = m_block * kBlockM;
         cp_async_wait<0>();
         __syncthreads();  // tile `it` landed; every warp is done with iteration it - 1 (its buffers, sP, sdS)
@@ -298,6 +311,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         const float* lse = sLse + buf * kBlockM;
         const float* dsum = sDsum + buf * kBlockM;
 
+        const bool need_mask = n0 + kBlockN > ks.len || (p.is_causal && n0 + kBlockN - 1 > m0 + diag);
         // S = Q K^T
         float acc_s[C::kSMTiles][C::kSNTiles][4];
         zero_acc(acc_s);
@@ -308,32 +322,42 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         // P = exp2(scale * log2(e) * S - lse * log2(e)), kept as packed 16-bit pairs: P is rounded to 16 bits
         // for dV = P^T dO anyway, and using the same rounded P in dS = P (dP - D) frees 16-32 registers
         // (the fp32 copy made ptxas spill at d = 128); its rounding is of the size of dS's own.
-        const bool need_mask = n0 + kBlockN > ks.len || (p.is_causal && n0 + kBlockN - 1 > m0 + diag);
+        // The mask test is hoisted out of the element loop (two copies) rather than a branch per element;
+        // measured equal on the H100, kept because unmasked tiles then run no mask code at all.
         uint32_t p16[C::kSMTiles][C::kSNTiles][2];
+        auto compute_p = [&](auto mask_tag) {
+            constexpr bool kMask = decltype(mask_tag)::value;
 #pragma unroll
-        for (int mt = 0; mt < C::kSMTiles; ++mt) {
+            for (int mt = 0; mt < C::kSMTiles; ++mt) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int qr = s_row0 + mt * 16 + g + h * 8;  // row inside the Q tile
-                const float l = lse[qr];
-                // Rows past the end and rows that saw no key (lse = -inf) get P = 0, never NaN.
-                const float lse2 = (m0 + qr < qs.len && l != -INFINITY) ? l * static_cast<float>(M_LOG2E) : INFINITY;
+                for (int h = 0; h < 2; ++h) {
+                    const int qr = s_row0 + mt * 16 + g + h * 8;  // row inside the Q tile
+                    const float l = lse[qr];
+                    // Rows past the end and rows that saw no key (lse = -inf) get P = 0, never NaN.
+                    const float lse2 =
+                        (m0 + qr < qs.len && l != -INFINITY) ? l * static_cast<float>(M_LOG2E) : INFINITY;
 #pragma unroll
-                for (int nt = 0; nt < C::kSNTiles; ++nt) {
-                    float pe[2];
+                    for (int nt = 0; nt < C::kSNTiles; ++nt) {
+                        float pe[2];
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        float x = fmaf(acc_s[mt][nt][2 * h + e], scale_log2, -lse2);
-                        if (need_mask) {
-                            const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
-                            if (kc >= ks.len || (p.is_causal && kc > m0 + qr + diag)) x = -INFINITY;
+                        for (int e = 0; e < 2; ++e) {
+                            float x = fmaf(acc_s[mt][nt][2 * h + e], scale_log2, -lse2);
+                            if constexpr (kMask) {
+                                const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
+                                if (kc >= ks.len || (p.is_causal && kc > m0 + qr + diag)) x = -INFINITY;
+                            }
+                            pe[e] = exp2f(x);
                         }
-                        pe[e] = exp2f(x);
+                        p16[mt][nt][h] = ElemTraits<T>::pack(pe[0], pe[1]);
+                        *reinterpret_cast<uint32_t*>(sP + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = p16[mt][nt][h];
                     }
-                    p16[mt][nt][h] = ElemTraits<T>::pack(pe[0], pe[1]);
-                    *reinterpret_cast<uint32_t*>(sP + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = p16[mt][nt][h];
                 }
             }
+        };
+        if (need_mask) {
+            compute_p(std::true_type{});
+        } else {
+            compute_p(std::false_type{});
         }
 
         // dP = dO V^T, then dS = P (dP - D) to shared memory.
@@ -358,13 +382,10 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         }
         __syncthreads();
 
-        // dV += P^T dO, dK += dS^T Q (A operands read transposed from the [q][kv] tiles).
-        {
-            const SwzLane<kBlockN> al(lane_cols_first(ln), ln, kv_row0 / 8);
-            const SwzLane<D> bl(lane_rows_first(ln), ln, kv_col0 / 8);
-            warp_gemm<T, C::kKVMTiles, C::kKVNTiles, kBlockM, kBlockN, D, true, true>(acc_dv, sP_u, al, sdO_u, bl);
-            warp_gemm<T, C::kKVMTiles, C::kKVNTiles, kBlockM, kBlockN, D, true, true>(acc_dk, sdS_u, al, sQ_u, bl);
-        }
+        // dV += P^T dO (warps 0-3), dK += dS^T Q (warps 4-7); A read transposed from the [q][kv] tiles.
+        warp_gemm<T, C::kKVMTiles, C::kKVNTiles, kBlockM, kBlockN, D, true, true>(
+            acc_kv, kv_is_dk ? sdS_u : sP_u, SwzLane<kBlockN>(lane_cols_first(ln), ln, kv_row0 / 8),
+            kv_is_dk ? sQ_u : sdO_u, SwzLane<D>(lane_rows_first(ln), ln, 0));
 
         // dQ_tile = dS K, this warp's 32 x kQCols block.
         float acc_dq[2][C::kQNTiles][4];
@@ -383,16 +404,26 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
             __syncthreads();
         }
         float* accum = p.dq_accum + (accum_row(varlen_q, bi, qs.start, p.seqlen_q, m0) * p.h + hq) * D;
+        // Lanes t and t ^ 1 hold adjacent column pairs of rows g and g + 8: trading one pair each gives the
+        // even lane four columns of row g and the odd lane four of row g + 8, one 16-byte reduction apiece
+        // (half the reduction instructions of pairwise adds).
+        const bool odd = t & 1;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt) {
+            const int r = q_row0 + mt * 16 + g + (odd ? 8 : 0);
+            float* row = accum + static_cast<int64_t>(r) * p.h * D + q_col0 + 2 * (t & ~1);
+            const bool in_range = m0 + r < qs.len;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = q_row0 + mt * 16 + g + h * 8;
-                if (m0 + r < qs.len) {
-                    float* row = accum + static_cast<int64_t>(r) * p.h * D + q_col0 + 2 * t;
-#pragma unroll
-                    for (int nt = 0; nt < C::kQNTiles; ++nt)
-                        red_add_f32x2(row + nt * 8, acc_dq[mt][nt][2 * h], acc_dq[mt][nt][2 * h + 1]);
+            for (int nt = 0; nt < C::kQNTiles; ++nt) {
+                const float* c = acc_dq[mt][nt];
+                const float s0 = __shfl_xor_sync(0xffffffffu, odd ? c[0] : c[2], 1);
+                const float s1 = __shfl_xor_sync(0xffffffffu, odd ? c[1] : c[3], 1);
+                if (in_range) {
+                    if (odd) {
+                        red_add_f32x4(row + nt * 8, s0, s1, c[2], c[3]);
+                    } else {
+                        red_add_f32x4(row + nt * 8, c[0], c[1], s0, s1);
+                    }
                 }
             }
         }
@@ -408,20 +439,22 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
              static_cast<int64_t>(kvh) * p.dk_head_stride;
     T* gdV = static_cast<T*>(p.dv) + seq_offset(varlen_k, bi, ks.start, p.dv_batch_stride, p.dv_row_stride) +
              static_cast<int64_t>(kvh) * p.dv_head_stride;
+    {
+        T* out = kv_is_dk ? gdK : gdV;
+        const int64_t row_stride = kv_is_dk ? p.dk_row_stride : p.dv_row_stride;
+        const float scale = kv_is_dk ? p.scale_softmax : 1.f;
 #pragma unroll
-    for (int mt = 0; mt < C::kKVMTiles; ++mt) {
+        for (int mt = 0; mt < C::kKVMTiles; ++mt) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int kr = n0 + kv_row0 + mt * 16 + g + h * 8;
-            if (kr >= ks.len) continue;
-            T* dk_row = gdK + static_cast<int64_t>(kr) * p.dk_row_stride + kv_col0 + 2 * t;
-            T* dv_row = gdV + static_cast<int64_t>(kr) * p.dv_row_stride + kv_col0 + 2 * t;
+            for (int h = 0; h < 2; ++h) {
+                const int kr = n0 + kv_row0 + mt * 16 + g + h * 8;
+                if (kr >= ks.len) continue;
+                T* row = out + static_cast<int64_t>(kr) * row_stride + 2 * t;
 #pragma unroll
-            for (int nt = 0; nt < C::kKVNTiles; ++nt) {
-                *reinterpret_cast<uint32_t*>(dk_row + nt * 8) = ElemTraits<T>::pack(
-                    acc_dk[mt][nt][2 * h] * p.scale_softmax, acc_dk[mt][nt][2 * h + 1] * p.scale_softmax);
-                *reinterpret_cast<uint32_t*>(dv_row + nt * 8) =
-                    ElemTraits<T>::pack(acc_dv[mt][nt][2 * h], acc_dv[mt][nt][2 * h + 1]);
+                for (int nt = 0; nt < C::kKVNTiles; ++nt) {
+                    *reinterpret_cast<uint32_t*>(row + nt * 8) =
+                        ElemTraits<T>::pack(acc_kv[mt][nt][2 * h] * scale, acc_kv[mt][nt][2 * h + 1] * scale);
+                }
             }
         }
     }

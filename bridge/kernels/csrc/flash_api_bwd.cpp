@@ -17,7 +17,9 @@
 namespace bridge_flash {
 namespace {
 
-constexpr int kBwdBlockM = 32;  // smallest Q tile of the main kernels; sizes the deterministic-mode counters
+// Deterministic-mode counters: one per (batch, head, 32 query rows); the main kernel indexes them with this
+// granularity whatever its Q tile (64 or 128 rows), so the count stays valid when tile sizes change.
+constexpr int kBwdBlockM = 32;
 
 // Numbers, shapes and devices are formatted here with std::to_string rather than streamed into the message:
 // streaming integers into an ostream inside the extension crashed (segfault) on the GPU machine, where the

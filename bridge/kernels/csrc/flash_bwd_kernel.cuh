@@ -6,11 +6,12 @@
 // atomics and no repeated K/V. Per Q tile:
 //   S  = Q K^T,  dP = dO V^T        warps tiled 2 (Q rows) x 4 (K/V rows): each warp a (kBlockM/2) x 32 block
 //   P  = exp(scale * S - lse),  dS = P * (dP - D)    in registers; P and dS go to shared memory in 16 bits
-//   dV += P^T dO,  dK += dS^T Q     warps tiled 4 (K/V rows) x 2 (head-dim halves): each warp 32 x D/2
+//   dV += P^T dO  (warps 0-3),  dK += dS^T Q  (warps 4-7)      each warp 32 K/V rows x all D columns
 //   dQ_tile = dS K                  warps tiled over (Q rows, head dim) in 32 x 32 blocks, added into the fp32
-//                                   dq_accum buffer with vector reductions
-// Splitting the warps differently per product lets every loaded fragment feed 4-8 MMAs (the first version
-// gave each warp 16 K/V rows for all five products: ~40% more ldmatrix traffic and 188 B of spills at d=128).
+//                                   dq_accum buffer with 16-byte vector reductions
+// Splitting the warps differently per product lets every loaded fragment feed 4-16 MMAs (the first version
+// gave each warp 16 K/V rows for all five products: ~35% more ldmatrix traffic and 188 B of spills at d=128).
+// Measured designs and the ones that lost (S / dP split between warp halves) are in NOTES.md, "backward".
 // In deterministic mode the dQ adds are ordered by a per-(batch, head, Q tile) counter: K/V tile n adds only
 // after tile n - 1 did, so the floating-point sum is the same every run.
 #pragma once
@@ -39,7 +40,6 @@ struct BwdConfig {
     static constexpr int kSMTiles = kSRows / 16;
     static constexpr int kSCols = kBlockN / kSWarpsN;
     static constexpr int kSNTiles = kSCols / 8;
-    // dK / dV: 4 x 2 warps, each 32 K/V rows x D/2 columns
     // dK / dV: warps 0-3 own dV and warps 4-7 dK, each 32 K/V rows x D (one B fragment feeds 4 MMAs)
     static constexpr int kKVWarpsN = 4;
     static constexpr int kKVMTiles = kBlockN / kKVWarpsN / 16;

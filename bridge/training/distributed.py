@@ -29,6 +29,14 @@ class DistributedEnv:
     data_parallel_rank: int
     data_parallel_size: int
     device: torch.device
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+    @property
+    def loads_data(self) -> bool:
+        """Whether this rank reads batches: with pipeline stages only the first (tokens) and last (labels)."""
+        return self.pipeline_parallel_size == 1 or (parallel_state.is_pipeline_first_stage()
+                                                    or parallel_state.is_pipeline_last_stage())
 
     @property
     def is_main(self) -> bool:
@@ -46,6 +54,21 @@ def resolve_device(train_cfg: TrainingConfig) -> torch.device:
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def check_parallel_sizes_for_device(model_cfg, device: torch.device) -> None:
+    """Tensor and pipeline parallelism run on CUDA only; on the CPU either is one clear error."""
+    if device.type == "cuda":
+        return
+    if model_cfg.pipeline_model_parallel_size > 1:
+        raise ValueError(
+            f"model.pipeline_model_parallel_size={model_cfg.pipeline_model_parallel_size} needs CUDA GPUs "
+            "(megatron-core's pipeline schedules and p2p communication allocate on CUDA); use "
+            "model.pipeline_model_parallel_size=1 and data parallel on the CPU")
+    if model_cfg.tensor_model_parallel_size > 1:
+        raise ValueError(
+            f"model.tensor_model_parallel_size={model_cfg.tensor_model_parallel_size} needs CUDA GPUs; use "
+            "model.tensor_model_parallel_size=1 and data parallel on the CPU")
+
+
 def init_distributed(run) -> DistributedEnv:
     """Initialise torch.distributed and megatron-core's parallel state for ``run``; safe to call twice.
 
@@ -53,6 +76,7 @@ def init_distributed(run) -> DistributedEnv:
     CUDA, gloo on the CPU). Returns this process's :class:`DistributedEnv`.
     """
     device = resolve_device(run.train)
+    check_parallel_sizes_for_device(run.model, device)
     if not dist.is_initialized():
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if device.type == "cuda":
@@ -81,6 +105,8 @@ def init_distributed(run) -> DistributedEnv:
         data_parallel_rank=parallel_state.get_data_parallel_rank(),
         data_parallel_size=parallel_state.get_data_parallel_world_size(),
         device=device,
+        tensor_parallel_size=tp,
+        pipeline_parallel_size=pp,
     )
 
 

@@ -49,7 +49,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, top_k: int
             context = ids[-max_context:]
             tokens = torch.tensor([context], dtype=torch.long, device=device)                 # [1, s]
             positions = torch.arange(len(context), dtype=torch.long, device=device)[None, :]  # [1, s]
-            logits = model(tokens, positions, None)[0, -1, : tokenizer.vocab_size].float()    # [V]
+            logits = _full_vocab(model(tokens, positions, None)[0, -1])[: tokenizer.vocab_size].float()  # [V]
             next_id = _pick(logits, top_k, temperature, generator)
             ids.append(next_id)
             if stop_at_eos and next_id == tokenizer.eos_id:
@@ -57,6 +57,16 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, top_k: int
     finally:
         model.train(was_training)
     return tokenizer.decode(ids[prompt_len:])
+
+
+def _full_vocab(logits: torch.Tensor) -> torch.Tensor:
+    """The whole vocabulary's logits: with tensor parallelism each rank holds a slice ([V / tp]), so gather them
+    (every tensor-parallel rank then picks the same token and keeps the collectives of the next forward in step)."""
+    from megatron.core import parallel_state, tensor_parallel
+
+    if not parallel_state.model_parallel_is_initialized() or parallel_state.get_tensor_model_parallel_world_size() == 1:
+        return logits
+    return tensor_parallel.gather_from_tensor_model_parallel_region(logits)
 
 
 def _pick(logits: torch.Tensor, top_k: int, temperature: float, generator: torch.Generator) -> int:

@@ -37,12 +37,16 @@ def per_token_loss(model, batch: Dict[str, torch.Tensor], family: str) -> torch.
                  lm_labels=batch["labels"]).float()
 
 
-def masked_loss(model, batch: Dict[str, torch.Tensor], family: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(loss, tokens)``: the mean of the per-token losses where ``loss_mask`` is 1, and how many there were."""
-    losses = per_token_loss(model, batch, family)
-    mask = batch["loss_mask"].float()
+def masked_mean(losses: torch.Tensor, loss_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, tokens)``: the mean of per-token ``losses`` [b, s] where ``loss_mask`` is 1, and how many there were."""
+    mask = loss_mask.float()
     tokens = mask.sum()
-    return (losses * mask).sum() / tokens.clamp(min=1.0), tokens
+    return (losses.float() * mask).sum() / tokens.clamp(min=1.0), tokens
+
+
+def masked_loss(model, batch: Dict[str, torch.Tensor], family: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(loss, tokens)``: one forward pass reduced by :func:`masked_mean`."""
+    return masked_mean(per_token_loss(model, batch, family), batch["loss_mask"])
 
 
 def tokens_per_sample(batch: Dict[str, torch.Tensor], family: str) -> int:

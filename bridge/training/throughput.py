@@ -41,9 +41,20 @@ def peak_tflops(device: torch.device, dtype: torch.dtype) -> Optional[float]:
     return None
 
 
-def count_parameters(module: torch.nn.Module, tensor_parallel_size: int = 1) -> int:
-    """Parameters of the whole model (this rank's count × the tensor-parallel size, close enough for FLOPs)."""
-    return sum(p.numel() for p in module.parameters()) * tensor_parallel_size
+def count_parameters(module: torch.nn.Module, tensor_parallel_size: int = 1, across_pipeline: bool = False) -> int:
+    """Parameters of the whole model (this rank's count × the tensor-parallel size, close enough for FLOPs).
+
+    ``across_pipeline``: ``module`` is one pipeline stage; the stages' counts are summed over the pipeline
+    group, leaving out the last stage's copy of a tied embedding (megatron marks it ``shared``)."""
+    count = sum(p.numel() for p in module.parameters() if not getattr(p, "shared", False))
+    if across_pipeline:
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+
+        total = torch.tensor(count, dtype=torch.int64, device=next(module.parameters()).device)
+        dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
+        count = int(total)
+    return count * tensor_parallel_size
 
 
 def training_flops_per_sample(provider, family: str, num_params: int) -> float:

@@ -3,6 +3,8 @@
 The loop per optimizer step: ``accumulation = global_batch / (micro_batch × data_parallel)`` micro-batches
 forward + backward (loss = masked mean over ``loss_mask``, divided by the accumulation count), one
 gradient all-reduce over the data-parallel ranks, clip + optimizer step, one LR-schedule step.
+With pipeline stages (GPT on CUDA) the forward + backward of a step is megatron-core's 1F1B schedule
+instead (:mod:`bridge.training.pipeline`); everything around it is the same loop.
 The data order is fixed by ``consumed_samples`` (see :class:`bridge.data.PretrainingSampler`), so a resumed
 run draws the samples the uninterrupted run would have drawn.
 """
@@ -28,6 +30,7 @@ from bridge.training.distributed import DistributedEnv, init_distributed, seed_e
 from bridge.training.generation import generate
 from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
 from bridge.training.optimizer import build_optimizer, build_scheduler
+from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
 from bridge.training.reporting import Reporter
 from bridge.training.snapshot import run_snapshot
 from bridge.training.throughput import count_parameters, peak_memory_gib, peak_tflops, training_flops_per_sample
@@ -98,15 +101,12 @@ def _prepare_model_config(run, tokenizer, precision: str) -> None:
         raise ValueError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary "
                          f"({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size} or leave it null")
     model.dtype = precision
-    if model.pipeline_model_parallel_size != 1:
-        raise ValueError(f"model.pipeline_model_parallel_size={model.pipeline_model_parallel_size}: bridge.training "
-                         "runs pipeline size 1 only (tensor and data parallel are supported)")
 
 
 def _build_model(run, env: DistributedEnv, precision: str):
-    """``(core, wrapped)``: the megatron-core model (checkpoints, generation) and its training wrapper."""
-    if env.device.type != "cuda" and run.model.tensor_model_parallel_size > 1:
-        raise ValueError("model.tensor_model_parallel_size > 1 needs CUDA GPUs; use data parallel on the CPU")
+    """``(core, wrapped)``: the megatron-core model (checkpoints, generation) and its training wrapper.
+
+    With pipeline stages ``core`` is this rank's stage (``provide()`` reads its place from megatron's state)."""
     core = run.model.provide().to(env.device)
     module = core
     if precision != "fp32":
@@ -119,10 +119,24 @@ def _build_model(run, env: DistributedEnv, precision: str):
     return core, wrapped
 
 
-def _loader(dataset, total: int, consumed: int, micro: int, env: DistributedEnv, workers: int) -> Iterator[Dict]:
+def _loader(dataset, total: int, consumed: int, micro: int, env: DistributedEnv,
+            workers: int) -> Optional[Iterator[Dict]]:
+    """This rank's micro-batches (the sampler splits over the data-parallel group only); None on middle stages."""
+    if not env.loads_data:
+        return None
     sampler = PretrainingSampler(total, consumed, micro, env.data_parallel_rank, env.data_parallel_size)
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
                                             pin_memory=env.device.type == "cuda"))
+
+
+def _finish_grads(wrapped, env: DistributedEnv) -> None:
+    """Data-parallel reduction; on CUDA megatron's ``finalize_model_grads`` (also the sequence-parallel norms)."""
+    if env.device.type == "cuda":
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize_model_grads([wrapped])
+    else:
+        wrapped.finish_grad_sync()
 
 
 def _mean_over_ranks(value: torch.Tensor) -> float:
@@ -138,6 +152,8 @@ def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: str) -> float:
     """Mean validation loss over ``train.eval_steps`` micro-batches per rank (always the same samples)."""
     micro, steps = run.train.micro_batch_size, run.train.eval_steps
     batches = _loader(valid_ds, steps * micro * env.data_parallel_size, 0, micro, env, 0)
+    if env.pipeline_parallel_size > 1:
+        return pipeline_evaluate(wrapped, batches, steps, micro, run.data.seq_length, env.device)
     wrapped.eval()
     total = torch.zeros((), device=env.device)
     for batch in batches:
@@ -168,6 +184,8 @@ def train(run) -> TrainResult:
     optimizer = build_optimizer(wrapped if env.device.type == "cuda" else core, run.optimizer,
                                 core.config.params_dtype, env.device)
     scheduler = build_scheduler(optimizer, run.optimizer, run.scheduler, run.train.train_steps)
+    if env.pipeline_parallel_size > 1:
+        configure_pipeline(wrapped, optimizer)
     snapshot = run_snapshot(run)
 
     step, consumed, rng_state = 0, 0, None
@@ -186,14 +204,21 @@ def train(run) -> TrainResult:
     total_samples = cfg.train_steps * cfg.global_batch_size
     result = TrainResult()
     reporter = Reporter(run.logging, cfg.train_steps, step, env.is_main)
-    num_params = count_parameters(core, run.model.tensor_model_parallel_size)
+    num_params = count_parameters(core, env.tensor_parallel_size, env.pipeline_parallel_size > 1)
     flops_per_sample = training_flops_per_sample(run.model, family, num_params)
     peak = peak_tflops(env.device, core.config.params_dtype)
     reporter.line(f"model: {family} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
-                  f"{env.world_size} process(es) (data parallel {env.data_parallel_size}), global batch "
+                  f"{env.world_size} process(es) (data parallel {env.data_parallel_size}, tensor parallel "
+                  f"{env.tensor_parallel_size}, pipeline parallel {env.pipeline_parallel_size}), global batch "
                   f"{cfg.global_batch_size} = {cfg.micro_batch_size} × {accumulation} × {env.data_parallel_size}")
     score_task = (family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value
                   and not run.data.paths and cfg.task_accuracy_examples)
+    pipelined = env.pipeline_parallel_size > 1
+    if pipelined and (score_task or (family == "gpt" and cfg.generate_sample)):
+        # generate() runs the whole model in one process; a stage holds only part of it
+        reporter.line(f"pipeline parallel {env.pipeline_parallel_size}: end-of-run sample and embedded task "
+                      "accuracy are skipped (generate from the checkpoint with pipeline size 1)")
+        score_task = False
     try:
         if score_task and step == 0:  # the "before" of the before/after a fine-tune should show
             before = _embedded_task_accuracy(core, tokenizer, run, cfg.task_accuracy_examples)
@@ -211,7 +236,7 @@ def train(run) -> TrainResult:
             result.checkpoint = save_checkpoint(ckpt.dir, cfg.train_steps, core, optimizer, scheduler,
                                                 total_samples, snapshot, ckpt.keep_last)
             reporter.line(f"saved checkpoint {result.checkpoint}")
-        if family == "gpt" and cfg.generate_sample:
+        if family == "gpt" and cfg.generate_sample and not pipelined:
             result.sample = generate(core, tokenizer, SAMPLE_PROMPT, max_new_tokens=64)
             reporter.line(f"sample: {SAMPLE_PROMPT}{result.sample!r}")
         if score_task:
@@ -233,18 +258,23 @@ def _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_
         step_start = time.perf_counter()
         wrapped.zero_grad_buffer()
         optimizer.zero_grad()
-        step_loss = torch.zeros((), device=env.device)
-        sample_tokens = 0
-        for i in range(accumulation):
-            batch = batch_to_device(next(batches), env.device)
-            sample_tokens = tokens_per_sample(batch, family)
-            with wrapped.no_sync() if i < accumulation - 1 else nullcontext():
-                loss, _ = masked_loss(wrapped, batch, family)
-                scale = loss_scale() if callable(loss_scale) else 1.0
-                (loss * scale / accumulation).backward()
-            step_loss += loss.detach() / accumulation
-        wrapped.finish_grad_sync()
-        mean_loss = _mean_over_ranks(step_loss)
+        if env.pipeline_parallel_size > 1:  # GPT only: every sample is seq_length tokens
+            sample_tokens = run.data.seq_length
+            mean_loss = pipeline_train_step(wrapped, batches, accumulation, cfg.micro_batch_size, sample_tokens,
+                                            env.device)
+        else:
+            step_loss = torch.zeros((), device=env.device)
+            sample_tokens = 0
+            for i in range(accumulation):
+                batch = batch_to_device(next(batches), env.device)
+                sample_tokens = tokens_per_sample(batch, family)
+                with wrapped.no_sync() if i < accumulation - 1 else nullcontext():
+                    loss, _ = masked_loss(wrapped, batch, family)
+                    scale = loss_scale() if callable(loss_scale) else 1.0
+                    (loss * scale / accumulation).backward()
+                step_loss += loss.detach() / accumulation
+            _finish_grads(wrapped, env)
+            mean_loss = _mean_over_ranks(step_loss)
         if not math.isfinite(mean_loss) and cfg.exit_on_nan:
             raise TrainingDivergedError(
                 f"loss is {mean_loss} at step {step + 1}: stopping. The last checkpoint"

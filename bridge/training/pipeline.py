@@ -1,0 +1,94 @@
+"""Pipeline-parallel steps (GPT on CUDA GPUs) through megatron-core's schedules.
+
+Each rank holds one stage: ``provide()`` builds the layers of this pipeline rank, with the embedding on the
+first stage (``pre_process``) and the output layer + loss on the last (``post_process``). One optimizer step
+is one call of megatron-core's ``get_forward_backward_func()`` (1F1B over ``accumulation`` micro-batches);
+activations [s, b, h] travel between stages by NCCL p2p, which is why this runs on CUDA only.
+
+Data: the first stage reads tokens / position ids, the last stage labels / loss mask; both draw the same
+micro-batches (same data-parallel rank, same sampler), middle stages read nothing. The loss exists on the last
+stage only: it is averaged over the data-parallel group there and broadcast over the pipeline group, so every
+rank (rank 0 logs) holds the same number and stops together on a NaN.
+
+The schedule's hooks are set as megatron's own pretraining sets them with its DDP wrapper:
+``no_sync_func`` (no gradient reduction before the last micro-batch), ``finalize_model_grads_func``
+(data-parallel reduction, then the all-reduce of the tied embedding between first and last stage) and
+``grad_scale_func`` (the optimizer's loss scale; 1 for bf16).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import finalize_model_grads
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
+
+from bridge.training.loss import batch_to_device, masked_mean
+
+
+def configure_pipeline(wrapped, optimizer) -> None:
+    """Point the schedule's hooks at ``wrapped`` (megatron-core DDP) and ``optimizer``."""
+    config = get_model_config(wrapped)
+    config.no_sync_func = wrapped.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    config.grad_scale_func = optimizer.scale_loss
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Last stage: per-token losses [b, s] -> the masked mean (the schedule divides it by the micro-batch count)."""
+    loss, _ = masked_mean(output_tensor, loss_mask)
+    return loss, {"loss": loss.detach()}
+
+
+def _forward_step(device: torch.device, data_iterator: Optional[Iterator[Dict]], model):
+    first = parallel_state.is_pipeline_first_stage()
+    last = parallel_state.is_pipeline_last_stage()
+    batch = batch_to_device(next(data_iterator), device) if first or last else {}
+    output = model(batch["tokens"] if first else None, batch["position_ids"] if first else None, None,
+                   labels=batch["labels"] if last else None)  # last: losses [b, s]; others: hidden [s, b, h]
+    return output, partial(_loss_func, batch["loss_mask"] if last else None)
+
+
+def _broadcast_last_stage_mean(losses: List[Dict[str, torch.Tensor]], device: torch.device) -> float:
+    """Mean of the last stage's micro-batch losses over the data-parallel group, on every rank."""
+    value = torch.zeros((), dtype=torch.float32, device=device)
+    if parallel_state.is_pipeline_last_stage():
+        value = torch.stack([item["loss"].float() for item in losses]).mean()
+        dp_size = parallel_state.get_data_parallel_world_size()
+        if dp_size > 1:
+            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+            value /= dp_size
+    dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                   group=parallel_state.get_pipeline_model_parallel_group())
+    return float(value)
+
+
+def _run_schedule(wrapped, batches, num_microbatches: int, micro_batch_size: int, seq_length: int,
+                  device: torch.device, forward_only: bool) -> float:
+    losses = get_forward_backward_func()(
+        forward_step_func=partial(_forward_step, device), data_iterator=batches, model=[wrapped],
+        num_microbatches=num_microbatches, seq_length=seq_length, micro_batch_size=micro_batch_size,
+        forward_only=forward_only)
+    return _broadcast_last_stage_mean(losses, device)
+
+
+def pipeline_train_step(wrapped, batches: Optional[Iterator[Dict]], accumulation: int, micro_batch_size: int,
+                        seq_length: int, device: torch.device) -> float:
+    """Forward + backward of one global batch on this stage; gradients reduced; returns the mean loss."""
+    return _run_schedule(wrapped, batches, accumulation, micro_batch_size, seq_length, device, forward_only=False)
+
+
+@torch.no_grad()
+def pipeline_evaluate(wrapped, batches: Optional[Iterator[Dict]], steps: int, micro_batch_size: int,
+                      seq_length: int, device: torch.device) -> float:
+    """Mean loss of ``steps`` micro-batches per data-parallel rank, forward only."""
+    wrapped.eval()
+    try:
+        return _run_schedule(wrapped, batches, steps, micro_batch_size, seq_length, device, forward_only=True)
+    finally:
+        wrapped.train()

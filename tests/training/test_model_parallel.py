@@ -1,0 +1,117 @@
+"""Tensor / pipeline parallel sizes on the CPU: one clear error line (both need CUDA GPUs), through
+``scripts/train.py`` (exit status 2, one ``error:`` line) and through ``init_distributed``."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from runs import tiny_run
+from test_checkpoints import child_env
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TRAIN = os.path.join(REPO, "scripts", "train.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _error_lines(stderr: str):
+    """scripts/train.py's own error lines (torchrun adds its summary of the failed child after them)."""
+    return [line for line in stderr.splitlines() if line.startswith("error:") or line.startswith("[rank")]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_pipeline_parallel_on_cpu_is_one_error_line(nproc, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
+           TRAIN, "--config-name", "gpt_pretrain", "train.device=cpu", "model.pipeline_model_parallel_size=2",
+           "logging.progress_bar=false", "logging.tensorboard_dir=null", f"checkpoint.dir={tmp_path / 'ckpt'}"]
+    proc = subprocess.run(cmd, env={**child_env(), "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    errors = _error_lines(proc.stderr)
+    assert errors == ["error: model.pipeline_model_parallel_size=2 needs CUDA GPUs (megatron-core's pipeline "
+                      "schedules and p2p communication allocate on CUDA); use model.pipeline_model_parallel_size=1 "
+                      "and data parallel on the CPU"], proc.stderr[-3000:]
+    assert not (tmp_path / "ckpt").exists()  # refused before anything was built
+
+
+def test_plain_python_pipeline_on_cpu_exits_with_config_status(tmp_path):
+    cmd = [sys.executable, TRAIN, "--config-name", "gpt_pretrain", "train.device=cpu",
+           "model.pipeline_model_parallel_size=4", "logging.tensorboard_dir=null", "checkpoint.dir=null"]
+    proc = subprocess.run(cmd, env={**child_env(), "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    errors = _error_lines(proc.stderr)
+    assert len(errors) == 1 and "pipeline_model_parallel_size=4 needs CUDA GPUs" in errors[0], proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("field, message", [
+    ("tensor_model_parallel_size", "model.tensor_model_parallel_size=2 needs CUDA GPUs"),
+    ("pipeline_model_parallel_size", "model.pipeline_model_parallel_size=2 needs CUDA GPUs"),
+])
+def test_init_distributed_refuses_model_parallel_on_cpu(field, message, data_cache):
+    from bridge.training import init_distributed
+
+    run = tiny_run("gpt", cache_dir=data_cache)
+    setattr(run.model, field, 2)
+    with pytest.raises(ValueError, match=message):
+        init_distributed(run)
+
+
+def _train_on_gpus(tmp_path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
+           TRAIN, "--config-name", "gpt_pretrain", "train.train_steps=20", "scheduler.warmup_steps=2",
+           "train.micro_batch_size=4", "train.global_batch_size=8", "train.log_interval=5",
+           "logging.progress_bar=false", "logging.tensorboard_dir=null", "model.attention_backend=fused",
+           *overrides]
+    proc = subprocess.run(cmd, env={**child_env(), "PYTHONWARNINGS": "ignore", "NCCL_NVLS_ENABLE": "0"},
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _logged_losses(text: str):
+    import re
+
+    return {int(s): float(v) for s, v in re.findall(r"^step (\d+)/\d+ \| loss ([0-9.]+)", text, flags=re.M)}
+
+
+two_gpus = pytest.mark.skipif(not __import__("torch").cuda.device_count() >= 2, reason="needs 2 CUDA GPUs")
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_tensor_parallel_two_gpus_trains(tmp_path):
+    proc = _train_on_gpus(tmp_path, 2, "model.tensor_model_parallel_size=2", f"checkpoint.dir={tmp_path / 'ckpt'}")
+    losses = _logged_losses(proc.stdout)
+    assert losses[20] < losses[5] - 0.3, losses
+    assert "tensor parallel 2" in proc.stdout and "sample: " in proc.stdout
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_pipeline_parallel_two_gpus_trains_and_resumes(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    proc = _train_on_gpus(tmp_path, 2, "model.pipeline_model_parallel_size=2", f"checkpoint.dir={ckpt}",
+                          "checkpoint.save_interval=10", "checkpoint.keep_last=0")
+    losses = _logged_losses(proc.stdout)
+    assert losses[20] < losses[5] - 0.3, losses
+    assert "pipeline parallel 2" in proc.stdout and "sample: " not in proc.stdout
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    os.symlink(ckpt / "step_0000010", resumed_dir / "step_0000010")
+    (resumed_dir / "latest").write_text("step_0000010\n")
+    resumed = _logged_losses(_train_on_gpus(tmp_path, 2, "model.pipeline_model_parallel_size=2",
+                                            f"checkpoint.dir={resumed_dir}", "checkpoint.resume=true").stdout)
+    assert sorted(resumed) == [15, 20]
+    for step in (15, 20):  # same weights, optimizer state, data position: the same losses (bf16 noise aside)
+        assert abs(resumed[step] - losses[step]) < 0.05, (resumed, losses)

@@ -42,7 +42,7 @@ def configure_pipeline(wrapped, optimizer) -> None:
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     """Last stage: per-token losses [b, s] -> the masked mean (the schedule divides it by the micro-batch count)."""
     loss, _ = masked_mean(output_tensor, loss_mask)
-    return loss, {"loss": loss.detach()}
+    return loss, {"loss": loss.detach().clone()}  # a copy: the schedule divides ``loss`` in place
 
 
 def _forward_step(device: torch.device, data_iterator: Optional[Iterator[Dict]], model):

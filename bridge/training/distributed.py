@@ -111,7 +111,13 @@ def init_distributed(run) -> DistributedEnv:
 
 
 def seed_everything(seed: int, device: torch.device) -> None:
-    """Seed Python, NumPy and torch; on GPU also megatron's tensor-parallel RNG tracker (dropout per TP rank)."""
+    """Seed Python, NumPy and torch; on GPU also megatron's tensor-parallel RNG tracker (dropout per TP rank).
+
+    Pipeline stages get different seeds (+100 per stage, as Megatron-LM does) so that their layers do not start
+    as copies of each other; data-parallel replicas share the seed and so start identical.
+    """
+    if parallel_state.model_parallel_is_initialized():
+        seed += 100 * parallel_state.get_pipeline_model_parallel_rank()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -19,7 +19,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.attention import flash, fused, local
-from bridge.attention.inputs import AttentionInputs, AttentionMask
+from bridge.attention.inputs import AttentionInputs, reduced_mask
 from bridge.attention.selection import canonical, select_backend
 from bridge.models.backend import AttnBackend, parse_attn_backend
 
@@ -108,7 +108,7 @@ class BridgeCoreAttention(MegatronModule):
         sq, b, h, d = query.shape
         sk, g = key.shape[0], key.shape[2]
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
-        mask = AttentionMask.from_megatron(attention_mask, mask_type, b, sq, sk, self.attention_type == "self")
+        mask = reduced_mask(attention_mask, mask_type, b, sq, sk, self.attention_type == "self")
         dropout_p = self.dropout_p if self.training else 0.0
         inputs = AttentionInputs(
             device_type=query.device.type, dtype=query.dtype, head_dim=d, num_heads=h, num_kv_heads=g,

@@ -14,8 +14,9 @@ Conventions shared by every backend, so that they agree element for element:
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from megatron.core.transformer.enums import AttnMaskType
@@ -134,6 +135,37 @@ class AttentionMask:
         if query_padding is not None and bool(query_padding.all()):
             query_padding = None
         return cls(causal=causal, key_padding=key_padding, query_padding=query_padding)
+
+
+_REDUCED: Dict[Tuple, Tuple["weakref.ref", AttentionMask]] = {}
+_REDUCED_LIMIT = 32
+
+
+def reduced_mask(
+    attention_mask: Optional[torch.Tensor],
+    attn_mask_type: AttnMaskType,
+    b: int,
+    sq: int,
+    sk: int,
+    self_attention: bool,
+) -> AttentionMask:
+    """:meth:`AttentionMask.from_megatron`, computed once per mask tensor rather than once per layer.
+
+    Every layer of a model receives the same mask tensor; reducing it reads the whole mask and, on a GPU,
+    waits for the device. The cache is keyed on the tensor's identity and in-place version, and holds it
+    only weakly, so a new or modified mask is always reduced afresh.
+    """
+    if attention_mask is None:
+        return AttentionMask.from_megatron(None, attn_mask_type, b, sq, sk, self_attention)
+    key = (id(attention_mask), attention_mask._version, attn_mask_type, b, sq, sk, self_attention)
+    hit = _REDUCED.get(key)
+    if hit is not None and hit[0]() is attention_mask:
+        return hit[1]
+    mask = AttentionMask.from_megatron(attention_mask, attn_mask_type, b, sq, sk, self_attention)
+    if len(_REDUCED) >= _REDUCED_LIMIT:
+        _REDUCED.clear()
+    _REDUCED[key] = (weakref.ref(attention_mask), mask)
+    return mask
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,10 @@ class TransformerProvider:
             raise ValueError(f"{legacy_name}=False contradicts {field_name}=flash; remove one of them")
         return backend
 
+    def excluded_backends(self, stack: Optional[str] = None) -> tuple:
+        """Backends a legacy ``use_flash_attention=False`` takes out of ``auto`` (T5 adds its per-stack flags)."""
+        return (AttnBackend.flash,) if self.use_flash_attention is False else ()
+
     # -- derived values ----------------------------------------------------------------------------
     @property
     def head_dim(self) -> int:

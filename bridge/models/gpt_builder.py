@@ -8,7 +8,6 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from bridge.models.backend import AttnBackend
 from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
 from bridge.models.gpt import GPTModelProvider
 from bridge.models.layer_specs import gpt_layer_spec
@@ -26,7 +25,7 @@ def build_gpt_model(
 ) -> GPTModel:
     provider.validate()
     check_layer_norm_support(provider)
-    exclude = (AttnBackend.flash,) if provider.use_flash_attention is False else ()
+    exclude = provider.excluded_backends()
     check_backend_for_this_machine(provider, provider.attention_backend, "GPT", exclude)
     vocab = provider.padded_vocab_size
     ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size)

@@ -62,12 +62,11 @@ class T5ModelProvider(TransformerProvider):
                 self._resolve_legacy_flag(field_name, backend, flags.use_flash_attention, f"{stack}.use_flash_attention"),
             )
 
-    def excluded_backends(self, stack: str):
+    def excluded_backends(self, stack: Optional[str] = None):
         """Backends a legacy ``use_flash_attention=False`` (model-wide or for ``stack``) takes out of auto."""
-        flags = getattr(self, stack)
-        if self.use_flash_attention is False or flags.use_flash_attention is False:
+        if stack is not None and getattr(self, stack).use_flash_attention is False:
             return (AttnBackend.flash,)
-        return ()
+        return super().excluded_backends()
 
     @property
     def resolved_encoder_layers(self) -> int:

@@ -43,3 +43,18 @@ def test_bad_mask_shape_is_one_clear_error(shape):
 def test_float_mask_rejected():
     with pytest.raises(ValueError, match="attention_mask must be a bool tensor"):
         AttentionMask.from_megatron(torch.zeros(2, 1, 1, 4), AttnMaskType.padding, 2, 4, 4, True)
+
+
+def test_reduced_mask_is_computed_once_per_tensor_and_redone_after_in_place_change():
+    from bridge.attention.inputs import reduced_mask
+
+    mask = torch.zeros(2, 1, 1, 4, dtype=torch.bool)
+    mask[0, ..., 3] = True
+    first = reduced_mask(mask, AttnMaskType.padding, 2, 4, 4, True)
+    assert reduced_mask(mask, AttnMaskType.padding, 2, 4, 4, True) is first  # the next layer reuses it
+    assert reduced_mask(mask, AttnMaskType.padding, 2, 4, 4, False) is not first  # cross-attention differs
+    mask[1, ..., 2] = True  # in-place edit: must not serve the stale reduction
+    again = reduced_mask(mask, AttnMaskType.padding, 2, 4, 4, True)
+    assert again is not first and not bool(again.key_padding[1, 2])
+    other = mask.clone()
+    assert reduced_mask(other, AttnMaskType.padding, 2, 4, 4, True) is not again

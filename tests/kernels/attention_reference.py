@@ -92,3 +92,14 @@ def poison_allocator(*nbytes: int) -> None:
     """
     blocks = [torch.full((max(n // 4, 1),), float("nan"), device="cuda") for n in nbytes]
     del blocks
+
+
+# The two kernel families the binding can run on an H100: the Hopper kernels (TMA + wgmma, the default on
+# sm_90) and the mma.sync kernels (sm_80+, and the deterministic backward). GPU test modules run every case
+# under both through this fixture's parameter.
+FLASH_IMPLS = ("sm90", "mma")
+
+
+def use_flash_impl(monkeypatch, impl: str) -> None:
+    """Selects the kernel family for the rest of a test (the binding reads BRIDGE_FLASH_IMPL per call)."""
+    monkeypatch.setenv("BRIDGE_FLASH_IMPL", impl)

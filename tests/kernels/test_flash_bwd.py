@@ -17,10 +17,20 @@ import sys
 import pytest
 import torch
 
+from tests.kernels.attention_reference import FLASH_IMPLS, use_flash_impl
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash backward kernel needs a CUDA GPU"),
 ]
+
+
+@pytest.fixture(params=FLASH_IMPLS, autouse=True)
+def flash_impl(request, monkeypatch):
+    """Every case runs on the Hopper kernels and on the mma.sync kernels."""
+    use_flash_impl(monkeypatch, request.param)
+    return request.param
+
 
 # (s_q, s_k) pairs from KERNEL.md
 SEQLEN_PAIRS = [(1, 1), (113, 203), (128, 217), (239, 1), (799, 3), (1023, 1024), (1024, 1023), (4096, 4096),

@@ -7,6 +7,8 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <tuple>
 
@@ -31,6 +33,22 @@ void check_arch(const at::Tensor& q) {
     TORCH_CHECK(ok, "bridge flash: GPU ", prop->name, " is sm_", cc, " but the kernel was built for ", kBuilt,
                 " (set BRIDGE_FLASH_ARCHS=90a,80 to add Ampere/Ada)");
 }
+
+}  // namespace
+
+// The Hopper (TMA + wgmma) kernels run on sm_90 unless BRIDGE_FLASH_IMPL=mma asks for the mma.sync ones
+// (read on every call, so tests and benchmarks can compare both in one process).
+bool use_hopper_kernels(const at::Tensor& q) {
+    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(q.get_device());
+    if (prop->major != 9 || prop->minor != 0) return false;
+    const char* impl = std::getenv("BRIDGE_FLASH_IMPL");
+    if (impl == nullptr || impl[0] == '\0' || std::strcmp(impl, "auto") == 0 || std::strcmp(impl, "sm90") == 0) return true;
+    TORCH_CHECK(std::strcmp(impl, "mma") == 0, "bridge flash: BRIDGE_FLASH_IMPL=", impl,
+                " is not valid; use auto, sm90 or mma");
+    return false;
+}
+
+namespace {
 
 void check_tensor(const at::Tensor& t, const char* name, const at::Tensor& q, int64_t dims) {
     TORCH_CHECK(t.is_cuda(), "bridge flash: ", name, " must be a CUDA tensor, got device ", t.device());
@@ -58,10 +76,14 @@ void check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& 
 }
 
 template <typename T>
-void dispatch_head_dim(FwdParams& params, cudaStream_t stream) {
+void dispatch_head_dim(FwdParams& params, cudaStream_t stream, bool hopper) {
     switch (params.d) {
-        case 64: run_flash_fwd<T, 64>(params, stream); break;
-        case 128: run_flash_fwd<T, 128>(params, stream); break;
+        case 64:
+            if (!(hopper && run_flash_fwd_sm90<T, 64>(params, stream))) run_flash_fwd<T, 64>(params, stream);
+            break;
+        case 128:
+            if (!(hopper && run_flash_fwd_sm90<T, 128>(params, stream))) run_flash_fwd<T, 128>(params, stream);
+            break;
         default: TORCH_CHECK(false, "bridge flash: head dim ", params.d, " not supported (", kSupportedHeadDims, ")");
     }
 }
@@ -145,6 +167,8 @@ std::tuple<at::Tensor, at::Tensor> mha_fwd(const at::Tensor& q, const at::Tensor
     p.h = static_cast<int>(h);
     p.h_k = static_cast<int>(h_k);
     p.d = static_cast<int>(d);
+    p.total_q = q.size(0);
+    p.total_k = k.size(0);
     p.scale_softmax = static_cast<float>(softmax_scale);
     p.scale_softmax_log2 = static_cast<float>(softmax_scale * M_LOG2E);
     p.is_causal = causal;
@@ -153,10 +177,11 @@ std::tuple<at::Tensor, at::Tensor> mha_fwd(const at::Tensor& q, const at::Tensor
     p.lse_head_stride = varlen ? lse.stride(0) : lse.stride(1);
 
     cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();
+    const bool hopper = use_hopper_kernels(q);
     if (p.is_bf16) {
-        dispatch_head_dim<__nv_bfloat16>(p, stream);
+        dispatch_head_dim<__nv_bfloat16>(p, stream, hopper);
     } else {
-        dispatch_head_dim<__half>(p, stream);
+        dispatch_head_dim<__half>(p, stream, hopper);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {out, lse};

@@ -18,4 +18,12 @@ void run_flash_fwd(FwdParams& params, cudaStream_t stream);
 template <typename T, int D>
 void run_flash_bwd(BwdParams& params, cudaStream_t stream);
 
+// Hopper (sm_90a) kernels: TMA + wgmma + warp specialisation. They return false, launching nothing, when the
+// tensors do not fit a TMA descriptor; the binding then runs the mma.sync kernels above.
+template <typename T, int D>
+bool run_flash_fwd_sm90(const FwdParams& params, cudaStream_t stream);
+
+template <typename T, int D>
+bool run_flash_bwd_sm90(BwdParams& params, cudaStream_t stream);
+
 }  // namespace bridge_flash

@@ -36,6 +36,8 @@ struct QKVParams {
     int h;            // query heads
     int h_k;          // key/value heads; h % h_k == 0
     int d;            // head dim (64 or 128 first; 96, 256 later)
+    int64_t total_q;  // rows of q as passed: fixed b * s_q (unused), varlen total_q (the Hopper kernels' TMA bounds)
+    int64_t total_k;  // same for k / v
 
     float scale_softmax;       // softmax scale (usually 1/sqrt(d))
     float scale_softmax_log2;  // scale_softmax * log2(e), for exp2f

@@ -1,0 +1,6 @@
+// Hopper forward instantiation: bf16, head dim 128. One per file so instantiations compile in parallel.
+#include "../flash_fwd_sm90.cuh"
+
+namespace bridge_flash {
+template bool run_flash_fwd_sm90<__nv_bfloat16, 128>(const FwdParams& params, cudaStream_t stream);
+}  // namespace bridge_flash

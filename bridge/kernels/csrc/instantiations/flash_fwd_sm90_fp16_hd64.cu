@@ -1,0 +1,6 @@
+// Hopper forward instantiation: fp16, head dim 64. One per file so instantiations compile in parallel.
+#include "../flash_fwd_sm90.cuh"
+
+namespace bridge_flash {
+template bool run_flash_fwd_sm90<__half, 64>(const FwdParams& params, cudaStream_t stream);
+}  // namespace bridge_flash

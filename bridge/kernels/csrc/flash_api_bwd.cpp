@@ -15,6 +15,9 @@
 #include "flash_params.h"
 
 namespace bridge_flash {
+
+bool use_hopper_kernels(const at::Tensor& q);  // flash_api_fwd.cpp
+
 namespace {
 
 // Deterministic-mode counters: one per (batch, head, 32 query rows); the main kernel indexes them with this
@@ -70,11 +73,12 @@ void check_cu_seqlens(const at::Tensor& cu, const char* name, const at::Tensor& 
 }
 
 template <typename T>
-void dispatch_head_dim(BwdParams& params, cudaStream_t stream) {
+void dispatch_head_dim(BwdParams& params, cudaStream_t stream, bool hopper) {
+    // The Hopper kernel declines the deterministic mode (and tensors TMA cannot describe): mma.sync then.
     if (params.d == 64) {
-        run_flash_bwd<T, 64>(params, stream);
+        if (!(hopper && run_flash_bwd_sm90<T, 64>(params, stream))) run_flash_bwd<T, 64>(params, stream);
     } else {
-        run_flash_bwd<T, 128>(params, stream);
+        if (!(hopper && run_flash_bwd_sm90<T, 128>(params, stream))) run_flash_bwd<T, 128>(params, stream);
     }
 }
 
@@ -176,6 +180,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mha_bwd(
     params.h = static_cast<int>(h);
     params.h_k = static_cast<int>(h_k);
     params.d = static_cast<int>(d);
+    params.total_q = q.size(0);
+    params.total_k = k.size(0);
     params.scale_softmax = static_cast<float>(softmax_scale);
     params.scale_softmax_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
     params.is_causal = causal;
@@ -200,10 +206,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mha_bwd(
     params.deterministic = deterministic;
 
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const bool hopper = use_hopper_kernels(q);
     if (params.is_bf16) {
-        dispatch_head_dim<__nv_bfloat16>(params, stream);
+        dispatch_head_dim<__nv_bfloat16>(params, stream, hopper);
     } else {
-        dispatch_head_dim<__half>(params, stream);
+        dispatch_head_dim<__half>(params, stream, hopper);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};

@@ -26,11 +26,19 @@
 namespace bridge_flash {
 namespace sm90 {
 
+// Tuning knob for experiments only (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS through).
+#ifndef BRIDGE_BWD_SM90_BLOCKM_D64
+#define BRIDGE_BWD_SM90_BLOCKM_D64 64
+#endif
+
 template <typename T, int D>
 struct BwdConfig {
     static constexpr int kConsumers = 2;
     static constexpr int kBlockN = 64 * kConsumers;  // keys per CTA
-    static constexpr int kBlockM = 64;               // queries per step
+    // queries per step: d = 128 has the registers for 64 only (dK and dV alone take 128 per thread); at d = 64,
+    // 128 queries (no dQ split between the consumers) measured 7-20% slower than 64 on the H100.
+    static constexpr int kBlockM = D == 64 ? BRIDGE_BWD_SM90_BLOCKM_D64 : 64;
+    static constexpr int kDqRowBlocks = kBlockM / 64;  // m64 wgmma row blocks of dQ
     static constexpr int kStages = 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     static constexpr bool kSplitDqCols = D == 128;   // else each consumer sums dQ over its own keys
@@ -80,6 +88,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
     uint64_t* bar_do_full = bars + 1 + C::kStages;
     uint64_t* bar_empty = bars + 1 + 2 * C::kStages;
 
+    // Grid (key tiles, h_k, b): neighbouring CTAs share a head, so its Q and dO tiles are read from L2. (A
+    // heavy-first causal order, (h_k * b, key tiles), measured 10-20% slower on the H100: more heads' Q/dO
+    // streams at once.)
     const int n_block = blockIdx.x, hk = blockIdx.y, bi = blockIdx.z;
     const bool varlen = p.cu_seqlens_q != nullptr;
     const int q_start = varlen ? p.cu_seqlens_q[bi] : 0;
@@ -281,9 +292,10 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
             named_sync(1 + c, 128);
         }
 
-        // dQ (partial) = dS K: [kBlockM x 64] per consumer.
-        float dq[32];
-        {
+        // dQ (partial) = dS K: [kBlockM x 64] per consumer, in m64 row blocks.
+        float dq[C::kDqRowBlocks][32];
+#pragma unroll
+        for (int rb = 0; rb < C::kDqRowBlocks; ++rb) {
             const int key0 = C::kSplitDqCols ? 0 : 64 * c;        // keys summed by this consumer
             const int col_blk = C::kSplitDqCols ? c : 0;          // head-dim column block of dQ
             const uint32_t ds_addr = smem_addr(sDS);
@@ -292,14 +304,16 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
 #pragma unroll
             for (int kk = 0; kk < C::kDqKeys / 16; ++kk) {
                 const int key = key0 + 16 * kk;
-                const uint64_t da = make_desc(ds_addr + (key / 64) * C::kBlockM * 128 + ((key % 64) / 16) * 32, 16, 1024);
+                const uint64_t da = make_desc(
+                    ds_addr + (key / 64) * C::kBlockM * 128 + rb * 64 * 128 + ((key % 64) / 16) * 32, 16, 1024);
                 const uint64_t db = make_desc(kb_addr + key * 128, C::kBlockN * 128, 1024);
-                Wgmma<T, 64, 1>::ss(dq, da, db, kk > 0 ? 1 : 0);
+                Wgmma<T, 64, 1>::ss(dq[rb], da, db, kk > 0 ? 1 : 0);
             }
-            wgmma_commit();
         }
+        wgmma_commit();
         wgmma_wait<0>();
-        fence_regs(dq);
+#pragma unroll
+        for (int rb = 0; rb < C::kDqRowBlocks; ++rb) fence_regs(dq[rb]);
         fence_regs(dv);
         fence_regs(dk);
         __syncwarp();
@@ -308,17 +322,20 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         // Reduce dQ into the fp32 accumulator [rows, h, D].
         {
             const int col0 = C::kSplitDqCols ? 64 * c : 0;
-            const int row_lo = m0 + 16 * warp + g;
+            const int row_lo = m0 + 16 * warp + g;  // + 64 * rb
             float* acc = p.dq_accum + (bwd::accum_row(varlen, bi, q_start, p.seqlen_q, 0) * p.h + hq) * D + col0 + 2 * t;
             const int64_t row_step = static_cast<int64_t>(p.h) * D;
 #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                const int row = row_lo + 8 * hh;
-                if (row < sq) {
+            for (int rb = 0; rb < C::kDqRowBlocks; ++rb)
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) red_add_v2(acc + row * row_step + 8 * j, dq[4 * j + 2 * hh], dq[4 * j + 2 * hh + 1]);
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int row = row_lo + 64 * rb + 8 * hh;
+                    if (row < sq) {
+#pragma unroll
+                        for (int j = 0; j < 8; ++j)
+                            red_add_v2(acc + row * row_step + 8 * j, dq[rb][4 * j + 2 * hh], dq[rb][4 * j + 2 * hh + 1]);
+                    }
                 }
-            }
         }
     }
 

@@ -106,17 +106,24 @@ def test_deterministic_backward_is_bit_identical():
             assert torch.equal(a, b), "deterministic backward changed between runs"
 
 
-def test_gradients_through_sbhd_strided_inputs():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_gradients_through_sbhd_strided_inputs(deterministic):
     # megatron's [s, b, h, d] activations, viewed as [b, s, h, d] without a copy, gradients included.
+    # Deterministic: bit-identical to contiguous inputs. Default: dQ is summed with atomics whose order
+    # varies, so equal up to a bf16 rounding step.
     s, b, h, d = 300, 2, 4, 64
     q, k, v = (torch.randn(s, b, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    out = flash_attn_func(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), causal=True)
+    attn = lambda q, k, v: flash_attn_func(q, k, v, causal=True, deterministic=deterministic)  # noqa: E731
+    out = attn(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1))
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     contiguous = [t.detach().transpose(0, 1).contiguous() for t in (q, k, v)]
-    _, expected = _grads(lambda q, k, v: flash_attn_func(q, k, v, causal=True), contiguous, dout.contiguous())
+    _, expected = _grads(attn, contiguous, dout.contiguous())
     for g, e in zip(grads, expected):
-        torch.testing.assert_close(g.transpose(0, 1), e, rtol=0, atol=0)
+        if deterministic:
+            torch.testing.assert_close(g.transpose(0, 1), e, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(g.transpose(0, 1), e, rtol=1.6e-2, atol=1e-4)
 
 
 def test_backward_traces_under_torch_compile():

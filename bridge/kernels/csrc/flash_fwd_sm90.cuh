@@ -23,9 +23,16 @@
 namespace bridge_flash {
 namespace sm90 {
 
+// Tuning knob for experiments only (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS through).
+#ifndef BRIDGE_FWD_SM90_CONSUMERS_D64
+#define BRIDGE_FWD_SM90_CONSUMERS_D64 3
+#endif
+
 template <typename T, int D>
 struct FwdConfig {
-    static constexpr int kConsumers = 2;                 // consumer warpgroups
+    // Consumer warpgroups (64 query rows each). d = 128 holds O (64 floats) and S (64) per thread and needs
+    // ~240 registers: two consumers. d = 64 fits in 160 registers, so three share the register file.
+    static constexpr int kConsumers = D == 64 ? BRIDGE_FWD_SM90_CONSUMERS_D64 : 2;
     static constexpr int kBlockM = 64 * kConsumers;      // query rows per CTA
     static constexpr int kBlockN = 128;                  // keys per tile
     static constexpr int kStages = 2;
@@ -35,7 +42,8 @@ struct FwdConfig {
     static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes;
     static constexpr int kSmemBytes = kBarOffset + 64 + 1024;  // barriers, then slack to align the base to 1024
     static constexpr int kProducerRegs = 24;
-    static constexpr int kConsumerRegs = 240;
+    // 65536 registers per SM: 128 * 24 + kConsumers * 128 * kConsumerRegs must fit.
+    static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;
     static_assert(D % 64 == 0, "head dim must be a multiple of 64 (one SW128 column block)");
 };
 

@@ -98,3 +98,28 @@ def test_target_archs_reject_unknown(monkeypatch):
 
 def test_package_exports_public_names():
     assert set(kernels.__all__) >= {"flash_attn_func", "flash_attn_varlen_func", "unavailable_reason"}
+
+
+def test_generated_wgmma_header_is_up_to_date():
+    # csrc/flash_sm90_wgmma.cuh is generated; an edit to either side without regenerating fails here.
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("gen_wgmma", root / "scripts" / "gen_wgmma.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    header = root / "bridge" / "kernels" / "csrc" / "flash_sm90_wgmma.cuh"
+    assert header.read_text() == gen.render(), "run `python scripts/gen_wgmma.py` and commit the header"
+    assert "m64n128k16" in header.read_text()
+
+
+def test_every_launcher_has_an_instantiation_per_dtype_and_head_dim():
+    from pathlib import Path
+
+    inst = Path(build.CSRC_DIR) / "instantiations"
+    names = {p.stem for p in inst.glob("*.cu")}
+    for kind in ("fwd", "bwd", "fwd_sm90", "bwd_sm90"):
+        for dtype in ("bf16", "fp16"):
+            for d in (64, 128):
+                assert f"flash_{kind}_{dtype}_hd{d}" in names

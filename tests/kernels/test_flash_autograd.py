@@ -106,11 +106,19 @@ def test_deterministic_backward_is_bit_identical():
             assert torch.equal(a, b), "deterministic backward changed between runs"
 
 
+def _assert_same_grads(got, expected, deterministic):
+    # Deterministic backward: bit-identical. Default: dQ is summed with atomics whose order varies between
+    # runs, so equal up to a bf16 rounding step.
+    for a, b in zip(got, expected):
+        if deterministic:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(a, b, rtol=1.6e-2, atol=1e-4)
+
+
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_gradients_through_sbhd_strided_inputs(deterministic):
     # megatron's [s, b, h, d] activations, viewed as [b, s, h, d] without a copy, gradients included.
-    # Deterministic: bit-identical to contiguous inputs. Default: dQ is summed with atomics whose order
-    # varies, so equal up to a bf16 rounding step.
     s, b, h, d = 300, 2, 4, 64
     q, k, v = (torch.randn(s, b, h, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     attn = lambda q, k, v: flash_attn_func(q, k, v, causal=True, deterministic=deterministic)  # noqa: E731
@@ -119,31 +127,28 @@ def test_gradients_through_sbhd_strided_inputs(deterministic):
     grads = torch.autograd.grad(out, (q, k, v), dout)
     contiguous = [t.detach().transpose(0, 1).contiguous() for t in (q, k, v)]
     _, expected = _grads(attn, contiguous, dout.contiguous())
-    for g, e in zip(grads, expected):
-        if deterministic:
-            torch.testing.assert_close(g.transpose(0, 1), e, rtol=0, atol=0)
-        else:
-            torch.testing.assert_close(g.transpose(0, 1), e, rtol=1.6e-2, atol=1e-4)
+    _assert_same_grads([g.transpose(0, 1) for g in grads], expected, deterministic)
 
 
-def test_backward_traces_under_torch_compile():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_backward_traces_under_torch_compile(deterministic):
     q, k, v = (torch.randn(2, 256, 4, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
 
     def loss(q, k, v):
-        return flash_attn_func(q, k, v, causal=True).float().square().sum()
+        return flash_attn_func(q, k, v, causal=True, deterministic=deterministic).float().square().sum()
 
     eager = torch.autograd.grad(loss(q, k, v), (q, k, v))
     compiled = torch.autograd.grad(torch.compile(loss, backend="aot_eager", fullgraph=True)(q, k, v), (q, k, v))
-    for a, b in zip(eager, compiled):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _assert_same_grads(eager, compiled, deterministic)
 
 
-def test_expanded_output_gradient_from_sum():
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_expanded_output_gradient_from_sum(deterministic):
     # out.sum() hands the backward a stride-0 (expanded) gradient: it must be read as ones, not misread.
     q, k, v = (torch.randn(1, 200, 2, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    grads_sum = torch.autograd.grad(flash_attn_func(q, k, v, causal=True).sum(), (q, k, v))
-    out = flash_attn_func(q, k, v, causal=True)
+    attn = lambda q, k, v: flash_attn_func(q, k, v, causal=True, deterministic=deterministic)  # noqa: E731
+    grads_sum = torch.autograd.grad(attn(q, k, v).sum(), (q, k, v))
+    out = attn(q, k, v)
     grads_ones = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
-    for a, b in zip(grads_sum, grads_ones):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    _assert_same_grads(grads_sum, grads_ones, deterministic)

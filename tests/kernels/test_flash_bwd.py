@@ -17,19 +17,11 @@ import sys
 import pytest
 import torch
 
-from tests.kernels.attention_reference import FLASH_IMPLS, use_flash_impl
-
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("flash_impl"),  # tests/kernels/conftest.py: both kernel families
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash backward kernel needs a CUDA GPU"),
 ]
-
-
-@pytest.fixture(params=FLASH_IMPLS, autouse=True)
-def flash_impl(request, monkeypatch):
-    """Every case runs on the Hopper kernels and on the mma.sync kernels."""
-    use_flash_impl(monkeypatch, request.param)
-    return request.param
 
 
 # (s_q, s_k) pairs from KERNEL.md

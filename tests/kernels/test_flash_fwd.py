@@ -15,23 +15,15 @@ from tests.kernels.attention_reference import (
     assert_within_torch_error,
     attention_reference,
     max_abs_err,
-    FLASH_IMPLS,
     poison_allocator,
-    use_flash_impl,
     varlen_reference,
 )
 
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.usefixtures("flash_impl"),  # tests/kernels/conftest.py: both kernel families
     pytest.mark.skipif(not torch.cuda.is_available(), reason="the flash kernel needs a CUDA GPU"),
 ]
-
-
-@pytest.fixture(params=FLASH_IMPLS, autouse=True)
-def flash_impl(request, monkeypatch):
-    """Every case runs on the Hopper kernels and on the mma.sync kernels."""
-    use_flash_impl(monkeypatch, request.param)
-    return request.param
 
 SEQLEN_PAIRS = [(1, 1), (113, 203), (128, 217), (239, 1), (799, 3), (1023, 1024), (1024, 1023), (4096, 4096),
                 (4224, 4224)]

@@ -93,10 +93,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
     // streams at once.)
     const int n_block = blockIdx.x, hk = blockIdx.y, bi = blockIdx.z;
     const bool varlen = p.cu_seqlens_q != nullptr;
-    const int q_start = varlen ? p.cu_seqlens_q[bi] : 0;
-    const int k_start = varlen ? p.cu_seqlens_k[bi] : 0;
-    const int sq = varlen ? p.cu_seqlens_q[bi + 1] - q_start : p.seqlen_q;
-    const int sk = varlen ? p.cu_seqlens_k[bi + 1] - k_start : p.seqlen_k;
+    const bwd::SeqSpan q_span = bwd::seq_span(p.cu_seqlens_q, bi, p.seqlen_q);
+    const bwd::SeqSpan k_span = bwd::seq_span(p.cu_seqlens_k, bi, p.seqlen_k);
+    const int q_start = q_span.start, sq = q_span.len, k_start = k_span.start, sk = k_span.len;
     const int n0 = n_block * C::kBlockN;
     if (n0 >= sk) return;  // varlen: this sequence is shorter than max_seqlen_k
     const int group = p.h / p.h_k;
@@ -203,19 +202,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         mbar_wait(bar_q_full + s, phase);
         mbar_wait(bar_do_full + s, phase);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint64_t da = make_desc(k_addr + (kk / 4) * C::kBlockN * 128 + (kk % 4) * 32, 16, 1024);
-            const uint64_t db = make_desc(q_addr + (kk / 4) * C::kBlockM * 128 + (kk % 4) * 32, 16, 1024);
-            Wgmma<T, C::kBlockM, 0>::ss(sacc, da, db, kk > 0 ? 1 : 0);
-        }
+        gemm_ss_k_major<T, C::kBlockM, D>(sacc, k_addr, C::kBlockN, q_addr, C::kBlockM);
         wgmma_commit();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint64_t da = make_desc(v_addr + (kk / 4) * C::kBlockN * 128 + (kk % 4) * 32, 16, 1024);
-            const uint64_t db = make_desc(do_addr + (kk / 4) * C::kBlockM * 128 + (kk % 4) * 32, 16, 1024);
-            Wgmma<T, C::kBlockM, 0>::ss(dpacc, da, db, kk > 0 ? 1 : 0);
-        }
+        gemm_ss_k_major<T, C::kBlockM, D>(dpacc, v_addr, C::kBlockN, do_addr, C::kBlockM);
         wgmma_commit();
         wgmma_wait<1>();
         fence_regs(sacc);

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "flash_bwd_utils.cuh"
 #include "flash_params.h"
 #include "flash_primitives.cuh"
 #include "flash_sm90_common.cuh"
@@ -74,10 +75,9 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
     const int m_block = gridDim.x - 1 - blockIdx.x;  // heaviest causal tiles first
     const int hi = blockIdx.y, bi = blockIdx.z;
     const bool varlen = p.cu_seqlens_q != nullptr;
-    const int q_start = varlen ? p.cu_seqlens_q[bi] : 0;
-    const int k_start = varlen ? p.cu_seqlens_k[bi] : 0;
-    const int sq = varlen ? p.cu_seqlens_q[bi + 1] - q_start : p.seqlen_q;
-    const int sk = varlen ? p.cu_seqlens_k[bi + 1] - k_start : p.seqlen_k;
+    const bwd::SeqSpan q_span = bwd::seq_span(p.cu_seqlens_q, bi, p.seqlen_q);
+    const bwd::SeqSpan k_span = bwd::seq_span(p.cu_seqlens_k, bi, p.seqlen_k);
+    const int q_start = q_span.start, sq = q_span.len, k_start = k_span.start, sk = k_span.len;
     const int m0 = m_block * C::kBlockM;
     if (m0 >= sq) return;  // varlen: this sequence is shorter than max_seqlen_q
     const int hk = hi / (p.h / p.h_k);
@@ -158,12 +158,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
         mbar_wait(bar_k_full + s, phase);
         const uint32_t k_addr = smem_addr(sK(s));
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            const uint64_t da = make_desc(q_addr + (kk / 4) * C::kBlockM * 128 + (kk % 4) * 32, 16, 1024);
-            const uint64_t db = make_desc(k_addr + (kk / 4) * C::kBlockN * 128 + (kk % 4) * 32, 16, 1024);
-            Wgmma<T, C::kBlockN, 0>::ss(sacc, da, db, kk > 0 ? 1 : 0);
-        }
+        gemm_ss_k_major<T, C::kBlockN, D>(sacc, q_addr, C::kBlockM, k_addr, C::kBlockN);
         wgmma_commit();
         wgmma_wait<0>();
         fence_regs(sacc);
@@ -234,8 +229,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
     }
 
     // ---- epilogue: normalise, LSE, stage O in this warpgroup's rows of the Q buffer, 16-byte stores ----
-    const bool varlen_o = varlen;
-    T* out = static_cast<T*>(p.o) + (varlen_o ? q_start * p.o_row_stride : bi * p.o_batch_stride) +
+    T* out = static_cast<T*>(p.o) + (varlen ? q_start * p.o_row_stride : bi * p.o_batch_stride) +
              hi * p.o_head_stride;
     float* lse = p.lse + bi * p.lse_batch_stride + hi * p.lse_head_stride + q_start;
 #pragma unroll

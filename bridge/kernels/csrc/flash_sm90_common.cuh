@@ -12,6 +12,8 @@
 #include <cuda_runtime.h>
 #include <cstdint>
 
+#include "flash_sm90_wgmma.cuh"
+
 namespace bridge_flash {
 namespace sm90 {
 
@@ -85,6 +87,14 @@ template <int N>
 __device__ __forceinline__ void wgmma_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
+// acc[64 x N] = A[64 x D] * B[N x D]^T with both operands SW128 tiles in shared memory, K-major (the head
+// dim is the reduction): a_addr / b_addr point at the first row used; a_rows / b_rows are the row counts of
+// the tiles they sit in (the distance between their 64-column blocks is rows * 128 bytes). Issues D/16
+// wgmmas; the caller fences, commits and waits.
+template <typename T, int N, int D>
+__device__ __forceinline__ void gemm_ss_k_major(float (&acc)[N / 2], uint32_t a_addr, int a_rows, uint32_t b_addr,
+                                                int b_rows);
+
 // Keeps the compiler from moving accumulator reads/writes across wgmma issue/wait points.
 template <int N>
 __device__ __forceinline__ void fence_regs(float (&r)[N]) {
@@ -99,6 +109,17 @@ __device__ __forceinline__ void fence_regs(uint32_t (&r)[N]) {
 // Ordinary shared-memory stores that the tensor cores (async proxy) read next.
 __device__ __forceinline__ void fence_proxy_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+template <typename T, int N, int D>
+__device__ __forceinline__ void gemm_ss_k_major(float (&acc)[N / 2], uint32_t a_addr, int a_rows, uint32_t b_addr,
+                                                int b_rows) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        const uint64_t da = make_desc(a_addr + (kk / 4) * a_rows * 128 + (kk % 4) * 32, 16, 1024);
+        const uint64_t db = make_desc(b_addr + (kk / 4) * b_rows * 128 + (kk % 4) * 32, 16, 1024);
+        Wgmma<T, N, 0>::ss(acc, da, db, kk > 0 ? 1 : 0);
+    }
 }
 
 // ---- warp specialisation -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
 from bridge.models.gpt import GPTModelProvider
 from bridge.models.layer_specs import gpt_layer_spec
-from bridge.models.parallel import ensure_model_parallel
+from bridge.distributed import ensure_model_parallel
 from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
 

@@ -21,10 +21,11 @@ from bridge.training.config import (
     CheckpointConfig, DecayStyle, Device, LoggingConfig, OptimizerConfig, OptimizerType, Precision,
     SchedulerConfig, TrainingConfig,
 )
-from bridge.training.checkpointing import CheckpointError, load_run_config, load_weights, resolve_checkpoint
-from bridge.training.distributed import DistributedEnv, init_distributed, shutdown_distributed
+from bridge.training.checkpointing import load_run_config, load_weights, resolve_checkpoint
+from bridge.training.errors import CheckpointError, TrainingDivergedError
+from bridge.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from bridge.training.generation import generate
-from bridge.training.trainer import TrainingDivergedError, TrainResult, train
+from bridge.training.trainer import TrainResult, train
 
 __all__ = [
     "CheckpointConfig", "CheckpointError", "DecayStyle", "Device", "DistributedEnv", "LoggingConfig",

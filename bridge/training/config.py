@@ -199,19 +199,29 @@ class CheckpointConfig:
 
     resume: bool = False
     """Continue from the checkpoint named by ``dir/latest``: same step, same data order, same losses.
-    Starts from scratch when ``dir`` has no checkpoint yet."""
+    Without ``latest`` but with step folders, from the newest step whose files match its manifest (logged).
+    Starts from scratch when ``dir`` has no checkpoint yet. Changed optimizer / scheduler / train values take
+    effect (and are logged); changed model architecture fields are an error."""
+
+    overwrite: bool = False
+    """Start fresh in a ``dir`` that holds another run's checkpoints and replace them (they are deleted once
+    this run's first checkpoint is complete). Without it (and without ``resume``) such a ``dir`` is an error."""
 
     pretrained_checkpoint: Optional[str] = None
     """Fine-tuning: load model weights only (no optimizer, step or data position) from this checkpoint
     folder (a ``step_<N>`` folder or a checkpoint ``dir`` with a ``latest`` marker)."""
 
     keep_last: int = 2
-    """Keep this many most recent checkpoints in ``dir`` (older ones are deleted); 0 = keep all."""
+    """Keep this many most recent checkpoints in ``dir`` (older ones are deleted), plus the one with the lowest
+    training loss (a run that diverges slowly keeps a healthy checkpoint); 0 = keep all."""
 
     def __post_init__(self) -> None:
         _require(self.save_interval >= 0, f"checkpoint.save_interval must be >= 0, got {self.save_interval}")
         _require(self.keep_last >= 0, f"checkpoint.keep_last must be >= 0 (0 = keep all), got {self.keep_last}")
         _require(not (self.resume and not self.dir), "checkpoint.resume=true needs checkpoint.dir")
+        _require(not (self.resume and self.overwrite),
+                 "checkpoint.resume=true continues the run in checkpoint.dir, checkpoint.overwrite=true replaces it; "
+                 "set one of them")
 
 
 @dataclass

@@ -123,7 +123,12 @@ def build_optimizer(model, cfg: OptimizerConfig, dtype: torch.dtype, device: tor
 
 def build_scheduler(optimizer, opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig,
                     train_steps: int) -> OptimizerParamScheduler:
-    """Linear warmup to ``lr``, then ``decay_style`` down to ``min_lr`` at ``decay_steps``; stepped once per step."""
+    """Linear warmup to ``lr``, then ``decay_style`` down to ``min_lr`` at ``decay_steps``; stepped once per step.
+
+    On resume the values of this run win over the checkpoint's (megatron-core's
+    ``override_opt_param_scheduler``; its default keeps the checkpoint's): a lower ``optimizer.lr`` after a
+    divergence, another decay style or a longer ``train.train_steps`` take effect. Only the step count comes
+    from the checkpoint; the checkpointer logs what changed."""
     decay_steps = sched_cfg.decay_steps or train_steps
     if decay_steps <= sched_cfg.warmup_steps:
         raise ValueError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be below the decay end "
@@ -140,4 +145,5 @@ def build_scheduler(optimizer, opt_cfg: OptimizerConfig, sched_cfg: SchedulerCon
         end_wd=opt_cfg.weight_decay,
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True,
     )

@@ -42,3 +42,15 @@ def check_layer_norm_support(provider: TransformerProvider) -> None:
             "sequence_parallel=True needs Transformer Engine or Apex layer norms; bridge builds megatron-core's "
             "local (torch) layers, which do not support it. Set sequence_parallel=False."
         )
+
+
+def check_provider_for_this_machine(provider: TransformerProvider) -> None:
+    """The checks ``provide()`` makes before building, without building anything (``scripts/train.py --cfg``):
+    every explicit attention backend of the model must be able to run here."""
+    check_layer_norm_support(provider)
+    if hasattr(provider, "encoder_attention_backend"):  # T5: one backend per stack
+        for stack in ("encoder", "decoder"):
+            check_backend_for_this_machine(provider, getattr(provider, f"{stack}_attention_backend"),
+                                           f"T5 {stack}", provider.excluded_backends(stack))
+    else:
+        check_backend_for_this_machine(provider, provider.attention_backend, "GPT", provider.excluded_backends())

@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from typing import Any, Dict, List, Optional
 
 from bridge.training.checkpoint_lock import DirectoryLock
 from bridge.training.checkpoint_manifest import read_manifest, resume_changes
 from bridge.training.checkpointing import (LATEST, LoadedState, list_steps, load_checkpoint, load_weights,
                                           newest_verified, on_main, read_latest, recover_interrupted_saves,
-                                          resolve_checkpoint, save_checkpoint, step_dir_name, step_of)
+                                          remove_checkpoint, resolve_checkpoint, save_checkpoint, step_dir_name,
+                                          step_of)
 from bridge.training.errors import CheckpointError
 
 logger = logging.getLogger("bridge.training")
@@ -168,7 +168,7 @@ class Checkpointer:
         if self._earlier_run:
             for name in self._earlier_run:
                 if name != just_saved:
-                    shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+                    remove_checkpoint(self.root, name)
             logger.warning("removed the earlier run's checkpoints from %s (checkpoint.overwrite=true)", self.root)
             self._earlier_run = []
         keep_last = self.cfg.keep_last
@@ -181,7 +181,7 @@ class Checkpointer:
             keep.add(os.path.basename(healthy[0]))
         for name in steps:
             if name not in keep:
-                shutil.rmtree(os.path.join(self.root, name), ignore_errors=True)
+                remove_checkpoint(self.root, name)
 
     def lowest_loss(self) -> Optional[tuple]:
         """``(folder, loss)`` of the checkpoint in ``checkpoint.dir`` with the lowest recorded training loss."""

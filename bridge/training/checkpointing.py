@@ -60,7 +60,7 @@ logger = logging.getLogger("bridge.training")
 
 LATEST = "latest"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_TMP, _OLD = ".tmp_", ".old_"
+_TMP, _OLD, _TRASH = ".tmp_", ".old_", ".trash_"
 T = TypeVar("T")
 
 
@@ -182,7 +182,7 @@ def resolve_checkpoint(path: str) -> Optional[str]:
 
 def recover_interrupted_saves(root: str) -> List[str]:
     """Put back the complete copy of a step whose swap was interrupted; then remove every leftover ``.tmp_*`` /
-    ``.old_*`` folder. Returns what was put back. Rank 0, with the folder's lock held."""
+    ``.old_*`` / ``.trash_*`` folder. Returns what was put back. Rank 0, with the folder's lock held."""
     restored = []
     if not os.path.isdir(root):
         return restored
@@ -193,9 +193,21 @@ def recover_interrupted_saves(root: str) -> List[str]:
                 os.replace(leftover, final)
                 restored.append(final)
                 logger.warning("put back %s from %s (a save was interrupted while swapping copies)", final, leftover)
-    for leftover in list(Path(root).glob(_TMP + "*")) + list(Path(root).glob(_OLD + "*")):
-        shutil.rmtree(leftover, ignore_errors=True)
+    for prefix in (_TMP, _OLD, _TRASH):
+        for leftover in Path(root).glob(prefix + "*"):
+            shutil.rmtree(leftover, ignore_errors=True)
     return restored
+
+
+def remove_checkpoint(root: str, name: str) -> None:
+    """Delete the step folder ``name``: renamed out of the ``step_<N>`` namespace first (one atomic rename), so a
+    crash half-way through the deletion never leaves a damaged folder that looks like a checkpoint."""
+    trash = os.path.join(root, _TRASH + name)
+    try:
+        os.replace(os.path.join(root, name), trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def newest_verified(root: str) -> Optional[str]:
@@ -256,7 +268,11 @@ def _training_state_dict(module, optimizer, scheduler, is_loading: bool) -> Dict
 
 def check_model_fits(module, checkpoint: str) -> None:
     """One clear error when a model tensor is missing from ``checkpoint`` or has another shape there."""
-    saved = dist_checkpointing.load_tensors_metadata(checkpoint)
+    try:
+        saved = dist_checkpointing.load_tensors_metadata(checkpoint)
+    except Exception as exc:  # garbled metadata.json / .metadata of a checkpoint without a manifest
+        raise CheckpointError(f"{checkpoint} cannot be read ({_root_cause(exc)}); it is damaged or not a bridge "
+                              "checkpoint") from exc
     tensors, _ = extract_sharded_tensors_and_factories(module.sharded_state_dict())
     for tensor in tensors.values() if isinstance(tensors, dict) else []:
         if not isinstance(tensor, ShardedTensor):

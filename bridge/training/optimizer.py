@@ -130,15 +130,17 @@ def build_scheduler(optimizer, opt_cfg: OptimizerConfig, sched_cfg: SchedulerCon
     divergence, another decay style or a longer ``train.train_steps`` take effect. Only the step count comes
     from the checkpoint; the checkpointer logs what changed."""
     decay_steps = sched_cfg.decay_steps or train_steps
-    if decay_steps <= sched_cfg.warmup_steps:
-        raise ValueError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be below the decay end "
-                         f"({decay_steps} steps = scheduler.decay_steps or train.train_steps)")
+    warmup_steps = decay_steps // 10 if sched_cfg.warmup_steps is None else sched_cfg.warmup_steps
+    if decay_steps <= warmup_steps:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be below the decay end "
+                         f"({decay_steps} steps = scheduler.decay_steps or train.train_steps); lower it or set it to "
+                         "null (a tenth of the decay)")
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
         max_lr=opt_cfg.lr,
         min_lr=opt_cfg.min_lr,
-        lr_warmup_steps=sched_cfg.warmup_steps,
+        lr_warmup_steps=warmup_steps,
         lr_decay_steps=decay_steps,
         lr_decay_style=sched_cfg.decay_style.value,
         start_wd=opt_cfg.weight_decay,

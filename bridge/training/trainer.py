@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.errors import TrainingDivergedError
 from bridge.training.generation import generate
+from bridge.training.memory import check_fits_on_cpu
 from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
@@ -116,8 +118,11 @@ def resolve_precision(precision, device: torch.device) -> str:
 
 
 def batch_plan(train_cfg, data_parallel_size: int) -> int:
-    """Micro-batches accumulated per step; global batch must be micro × accumulation × data-parallel size."""
+    """Micro-batches accumulated per step; global batch must be micro × accumulation × data-parallel size.
+    A null ``train.global_batch_size`` becomes micro × data-parallel size here (one micro-batch per rank)."""
     per_pass = train_cfg.micro_batch_size * data_parallel_size
+    if train_cfg.global_batch_size is None:
+        train_cfg.global_batch_size = per_pass
     if train_cfg.global_batch_size % per_pass != 0:
         raise ValueError(
             f"train.global_batch_size={train_cfg.global_batch_size} is not a multiple of train.micro_batch_size="
@@ -227,8 +232,8 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
     seed_everything(cfg.seed, env.device)
     tokenizer = build_tokenizer(run.tokenizer)
     _prepare_model_config(run, tokenizer, precision)
-    checkpointer.run_config = run_snapshot(run)  # with the vocabulary size the tokenizer settled
     accumulation = batch_plan(cfg, env.data_parallel_size)
+    checkpointer.run_config = run_snapshot(run)  # with the vocabulary size and global batch now settled
     core, wrapped = _build_model(run, env, precision)
     optimizer = build_optimizer(wrapped if env.device.type == "cuda" else core, run.optimizer,
                                 core.config.params_dtype, env.device)
@@ -247,6 +252,8 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
     result = TrainResult()
     reporter = Reporter(run.logging, cfg.train_steps, state.step, env.is_main)
     num_params = count_parameters(core, env.tensor_parallel_size, env.pipeline_parallel_size > 1)
+    if env.device.type == "cpu":  # a CPU run that does not fit is killed minutes later without a word
+        check_fits_on_cpu(run.model, cfg.micro_batch_size, num_params, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     parts = RunParts(run=run, env=env, family=family, core=core, wrapped=wrapped, optimizer=optimizer,
                      scheduler=scheduler, checkpointer=checkpointer, reporter=reporter, valid_ds=valid_ds,
                      accumulation=accumulation, flops_per_sample=training_flops_per_sample(run.model, family,

@@ -34,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> str:
-    from bridge.interop.hf import export_checkpoint, import_hf
-    from bridge.interop.hf.checkpoint import save_imported
+    from bridge.interop.hf import import_hf
+    from bridge.training.hf_checkpoints import export_checkpoint, save_imported
 
     progress = not args.no_progress
     if args.command == "import":

@@ -22,12 +22,13 @@ import torch
 import torch.distributed as dist
 
 from bridge.data import DatasetKind, PretrainingSampler, build_datasets, build_tokenizer
-from bridge.interop.hf.finetune import adopt_hf_architecture, load_pretrained
+from bridge.interop.hf.finetune import adopt_hf_architecture
 from bridge.training.checkpointing import load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
 from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.distributed import DistributedEnv, init_distributed, seed_everything
 from bridge.training.generation import generate
+from bridge.training.hf_checkpoints import load_pretrained
 from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step

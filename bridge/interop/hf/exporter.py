@@ -1,8 +1,9 @@
 """megatron-core model or bridge checkpoint -> a Hugging Face directory ``from_pretrained`` loads.
 
-    from bridge.interop.hf import export_checkpoint, save_hf
-    export_checkpoint("outputs/gpt_finetune/checkpoints", "my_model_hf")   # a checkpoint of scripts/train.py
-    save_hf(model, provider, "my_model_hf")                                # a model in memory (one process)
+    from bridge.interop.hf import save_hf
+    save_hf(model, provider, "my_model_hf")      # a whole model in memory (one process)
+
+(``bridge.training.hf_checkpoints.export_checkpoint`` exports a training checkpoint.)
 
 The directory gets ``config.json``, ``model.safetensors`` (sharded past 5 GB) and, when the run's tokenizer
 came from files (``tokenizer.type`` huggingface / sentencepiece), those tokenizer files. It is written next
@@ -11,11 +12,10 @@ to its final place and renamed into it, and an existing non-empty directory is n
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -23,8 +23,6 @@ from bridge.interop.hf.errors import HFConversionError
 from bridge.interop.hf.families import family_for_provider
 from bridge.interop.hf.files import copy_tokenizer_files, write_weights
 from bridge.interop.hf.importer import _parallel_ranks, _progress
-
-logger = logging.getLogger("bridge.interop")
 
 
 def hf_state_dict(model: torch.nn.Module, provider, progress: bool = False) -> Dict[str, torch.Tensor]:
@@ -84,43 +82,3 @@ def save_hf(model: torch.nn.Module, provider, directory: str, tokenizer_source: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return files
-
-
-def _tokenizer_source(tokenizer_cfg: Dict[str, Any]) -> Optional[str]:
-    """The files to copy for a run's ``tokenizer`` node: its file, or the Hugging Face directory it sits in."""
-    path = tokenizer_cfg.get("path")
-    if str(tokenizer_cfg.get("type", "byte")) == "byte" or not path:
-        return None
-    if os.path.isfile(path) and os.path.isfile(os.path.join(os.path.dirname(path), "tokenizer_config.json")):
-        return os.path.dirname(path)
-    return path
-
-
-def export_checkpoint(checkpoint: str, directory: str, progress: bool = False) -> List[str]:
-    """Export a checkpoint written by ``scripts/train.py`` (a ``checkpoint.dir`` or one ``step_<N>`` folder).
-
-    The model is rebuilt from the run config saved with the checkpoint, in one process (whatever tensor /
-    pipeline layout the run had: megatron-core's checkpoint loader reassembles it).
-    """
-    from bridge.models.parallel import ensure_model_parallel
-    from bridge.training.checkpointing import load_run_config, load_weights
-    from bridge.training.snapshot import provider_from_snapshot, tokenizer_from_snapshot
-
-    snapshot = load_run_config(checkpoint)
-    # Built here in one process and never run: the plain attention backend, no parallelism.
-    overrides = dict(attention_backend="local", use_flash_attention=None, tensor_model_parallel_size=1,
-                     pipeline_model_parallel_size=1, sequence_parallel=False, use_cpu_initialization=True)
-    if str(snapshot.get("family", "gpt")).lower() == "t5":  # its per-stack backends and legacy flags
-        overrides.update(encoder_attention_backend="local", decoder_attention_backend="local", encoder={}, decoder={})
-    provider = provider_from_snapshot(snapshot, **overrides)
-    family_for_provider(provider)  # an unsupported architecture fails before any work
-    ensure_model_parallel(1, 1)
-    model = provider.provide()
-    load_weights(checkpoint, model)
-    tokenizer_cfg = snapshot.get("tokenizer") or {}
-    tokenizer = tokenizer_from_snapshot(snapshot)
-    source = _tokenizer_source(tokenizer_cfg)
-    if source is None:
-        logger.warning("the run used the built-in byte tokenizer, which has no Hugging Face equivalent: "
-                       "%s gets no tokenizer files", directory)
-    return save_hf(model, provider, directory, tokenizer_source=source, tokenizer=tokenizer, progress=progress)

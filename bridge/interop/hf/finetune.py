@@ -13,7 +13,7 @@ import os
 from typing import Optional
 
 from bridge.interop.hf.errors import HFConversionError
-from bridge.interop.hf.importer import load_hf_weights, provider_from_hf
+from bridge.interop.hf.importer import provider_from_hf
 
 logger = logging.getLogger("bridge.interop")
 
@@ -69,17 +69,6 @@ def adopt_hf_architecture(run, tokenizer) -> None:
         logger.warning("the run tokenizes with the built-in byte tokenizer; to use %s's own tokenizer set "
                        "tokenizer.type=huggingface tokenizer.path=%s", directory, os.path.join(directory, "tokenizer.json"))
     run.model = provider
-
-
-def load_pretrained(reference: str, model, provider) -> str:
-    """Load ``reference`` (``hf:<dir>`` or a checkpoint of this project) into ``model``; returns what was loaded."""
-    directory = hf_directory(reference)
-    if directory is None:
-        from bridge.training.checkpointing import load_weights
-
-        return load_weights(reference, model)
-    load_hf_weights(model, provider, directory)
-    return directory
 
 
 def _fields(provider) -> dict:

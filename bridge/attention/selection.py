@@ -16,7 +16,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 from bridge.attention import flash, fused, local, measured
 from bridge.attention.inputs import AttentionInputs
-from bridge.models.backend import AttnBackend
+from bridge.attention.backend import AttnBackend
 
 logger = logging.getLogger("bridge.attention")
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.models.fields import DTYPES, parse_dtype, strict_dataclass
 
 logger = logging.getLogger("bridge.models")

@@ -19,7 +19,7 @@ import torch
 
 from bridge.attention import speed_table
 from bridge.attention.inputs import AttentionInputs
-from bridge.models.backend import AttnBackend
+from bridge.attention.backend import AttnBackend
 
 MEASURED_MASKS = ("none", "causal")
 

@@ -21,7 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from bridge.attention import flash, fused, local
 from bridge.attention.inputs import AttentionInputs, reduced_mask
 from bridge.attention.selection import canonical, select_backend
-from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 
 _RUNNERS = {
     AttnBackend.flash: flash.flash_attention,

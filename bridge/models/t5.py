@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.models.base import TransformerProvider
 from bridge.models.fields import strict_dataclass
 

@@ -1,4 +1,8 @@
-"""Build a megatron-core ``T5Model`` from a :class:`T5ModelProvider`."""
+"""Build a megatron-core ``T5Model`` from a :class:`T5ModelProvider`.
+
+The provider calls in here (``provide()``); this module takes it by its base class (reading the T5
+fields), so the import runs one way only (``t5`` -> ``t5_builder``).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,16 @@ from megatron.core import parallel_state
 from megatron.core.models.T5 import T5Model
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from bridge.models.base import TransformerProvider
 from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
 from bridge.models.layer_specs import t5_block_specs
 from bridge.distributed import ensure_model_parallel
 from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
-from bridge.models.t5 import T5ModelProvider
 
 
 def build_t5_model(
-    provider: T5ModelProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None
+    provider: TransformerProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None
 ) -> T5Model:
     provider.validate()
     if provider.pipeline_model_parallel_size != 1:

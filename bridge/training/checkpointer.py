@@ -21,11 +21,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
+from bridge.interop.hf.finetune import hf_directory
 from bridge.training.checkpoint_lock import DirectoryLock
 from bridge.training.checkpoint_manifest import read_manifest, resume_changes
-from bridge.training.checkpointing import (LATEST, LoadedState, list_steps, load_checkpoint, load_weights,
+from bridge.training.checkpointing import (LATEST, LoadedState, list_steps, load_checkpoint,
                                           newest_verified, on_main, read_latest, recover_interrupted_saves,
                                           remove_checkpoint, resolve_checkpoint, save_checkpoint, step_dir_name,
                                           step_of)
@@ -52,7 +53,7 @@ class Checkpointer:
         """Claim ``checkpoint.dir`` (before anything is built, so a bad folder fails in the first second)."""
         if self.root:
             on_main(self._claim_folder)
-        if self.cfg.pretrained_checkpoint:
+        if self.cfg.pretrained_checkpoint and not hf_directory(self.cfg.pretrained_checkpoint):
             on_main(lambda: self._pretrained_exists(self.cfg.pretrained_checkpoint))
 
     def _claim_folder(self) -> None:
@@ -95,12 +96,11 @@ class Checkpointer:
                                   "and no checkpoint metadata)")
 
     # -- resume -----------------------------------------------------------------------------------------------
-    def restore(self, core, optimizer, scheduler) -> Optional[LoadedState]:
-        """Resume (``checkpoint.resume``) or load pretrained weights; None when the run starts at step 0."""
-        if self.cfg.resume:
-            target = on_main(self._resume_target)
-            if target is None:
-                return None
+    def restore(self, core, optimizer, scheduler, load_pretrained: Callable[[str], str]) -> Optional[LoadedState]:
+        """Resume (``checkpoint.resume`` and a checkpoint to resume), else load ``checkpoint.pretrained_checkpoint``
+        with ``load_pretrained(reference)``; None when the run starts at step 0."""
+        target = on_main(self._resume_target) if self.cfg.resume else None
+        if target is not None:
             state = load_checkpoint(target, core, optimizer, scheduler, self.run_config)
             if state.step > self.train_steps:
                 raise CheckpointError(
@@ -114,7 +114,7 @@ class Checkpointer:
             self.loaded = state
             return state
         if self.cfg.pretrained_checkpoint:
-            path = load_weights(self.cfg.pretrained_checkpoint, core, self.run_config)
+            path = load_pretrained(self.cfg.pretrained_checkpoint)
             logger.info("loaded pretrained weights from %s", path)
         return None
 

@@ -24,12 +24,14 @@ import torch.distributed as dist
 
 from bridge.data import DatasetKind, PretrainingSampler, build_datasets, build_tokenizer
 from bridge.distributed import DistributedEnv, init_distributed, seed_everything
+from bridge.interop.hf.finetune import adopt_hf_architecture
 from bridge.training.checkpointer import Checkpointer
 from bridge.training.checkpointing import preserved_rng, restore_rng
 from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.errors import TrainingDivergedError
 from bridge.training.generation import generate
+from bridge.training.hf_checkpoints import load_pretrained
 from bridge.training.memory import check_fits_on_cpu
 from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
 from bridge.training.optimizer import build_optimizer, build_scheduler
@@ -231,6 +233,7 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
     precision = resolve_precision(cfg.precision, env.device)
     seed_everything(cfg.seed, env.device)
     tokenizer = build_tokenizer(run.tokenizer)
+    adopt_hf_architecture(run, tokenizer)  # checkpoint.pretrained_checkpoint=hf:<dir>: the directory decides the architecture
     _prepare_model_config(run, tokenizer, precision)
     accumulation = batch_plan(cfg, env.data_parallel_size)
     checkpointer.run_config = run_snapshot(run)  # with the vocabulary size and global batch now settled
@@ -242,7 +245,8 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
         configure_pipeline(wrapped, optimizer)
 
     state, rng_state = TrainState(), None
-    loaded = checkpointer.restore(core, optimizer, scheduler)
+    loaded = checkpointer.restore(core, optimizer, scheduler,
+                                  lambda reference: load_pretrained(reference, core, run.model, checkpointer.run_config))
     if loaded is not None:
         state.step, state.consumed_samples, rng_state = loaded.step, loaded.consumed_samples, loaded.rng_state
     # Weights, optimizer state and RNG are restored; the loop continues with the data the sampler dictates.

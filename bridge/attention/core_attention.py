@@ -76,6 +76,7 @@ class BridgeCoreAttention(MegatronModule):
         if config.apply_query_key_layer_scaling:
             self.softmax_scale /= self.layer_number
         self._chosen: Dict[AttentionInputs, AttnBackend] = {}
+        self._logged_backend: Optional[AttnBackend] = None
         self.last_backend: Optional[AttnBackend] = None  # what the latest forward ran, for logs and tests
 
     @property
@@ -87,7 +88,10 @@ class BridgeCoreAttention(MegatronModule):
         """The backend for these inputs (cached per distinct inputs)."""
         chosen = self._chosen.get(inputs)
         if chosen is None:
-            chosen = select_backend(self.backend, inputs, self.layer_name, self.exclude)
+            chosen = select_backend(self.backend, inputs, self.layer_name, self.exclude, log=False)
+            if chosen is not self._logged_backend:  # NVTE_DEBUG: once per layer and backend, not per input shape
+                select_backend(self.backend, inputs, self.layer_name, self.exclude)
+                self._logged_backend = chosen
             self._chosen[inputs] = chosen
         return chosen
 

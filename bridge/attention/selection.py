@@ -71,9 +71,10 @@ def debug_level() -> int:
 
 
 def _ensure_debug_handler() -> None:
-    """Make the debug lines visible: through the application's logging if it has any, else on stderr."""
+    """Make the debug lines visible: through the application's logging if it has any (this logger's or an
+    ancestor's, e.g. the ``bridge`` logger of scripts/train.py), else on stderr; never both."""
     logger.setLevel(logging.DEBUG)
-    if logger.handlers or logging.getLogger().handlers:
+    if logger.hasHandlers():
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[bridge.attention] %(message)s"))

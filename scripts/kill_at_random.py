@@ -5,8 +5,8 @@
 One uninterrupted reference run of the tiny GPT (dropout on, a checkpoint every 2 steps, ``keep_last=2``)
 records the loss of every step. Then the same run is started again and again with ``checkpoint.resume=true``
 into one folder, each time killed with SIGKILL: at a random moment, or while it is inside a save (writing
-shards), swapping a re-saved step into place (a run with ``checkpoint.overwrite=true`` re-saves the steps that
-exist), or pruning old checkpoints. The file system is slowed down
+shards), moving a finished save into place (or a re-saved step's old copy out of the way: a run killed after
+that rename but before it moved ``latest`` re-saves the step when resumed), or pruning old checkpoints. The file system is slowed down
 (every shard write, rename and deletion sleeps ``--slow-fs-ms``) so that those windows are wide. After every
 kill the folder is checked: ``latest`` names a step folder whose files match its manifest, and no step folder
 that looks complete is damaged. At the end a last run finishes the job and the loss of every step, from every
@@ -68,11 +68,13 @@ def worker(argv) -> int:
     dcp.FileSystemWriter.write_data = slow_write_data
     real_replace, real_rmtree = os.replace, shutil.rmtree
 
-    def slow_replace(src, dst, *a, **k):
-        if os.path.basename(str(dst)).startswith(".old_step_"):
+    def slow_replace(src, dst, *a, **k):  # a completed save moving into place (and an old copy out of the way)
+        if os.path.basename(str(src)).startswith(".tmp_step_") or os.path.basename(str(dst)).startswith(".old_step_"):
             announce("swap")
         time.sleep(delay)
-        return real_replace(src, dst, *a, **k)
+        result = real_replace(src, dst, *a, **k)
+        time.sleep(delay)  # wide window between the rename and the next step (e.g. writing 'latest')
+        return result
 
     def slow_rmtree(path, *a, **k):  # file by file, so a kill lands in the middle of a deletion
         if os.path.basename(str(path)).startswith(".trash_step_"):
@@ -108,7 +110,7 @@ def worker(argv) -> int:
 
 # -- the orchestrator ---------------------------------------------------------------------------------------------
 def _start(args, ckpt_dir: str, mode: str, tag: str):
-    """Start a worker: ``mode`` is fresh (reference), resume, or overwrite (re-saves existing steps: swaps)."""
+    """Start a worker: ``mode`` is fresh (the reference run) or resume."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_SIZE", "LOCAL_"))}
     env.update(PYTHONPATH=os.pathsep.join([REPO, env.get("PYTHONPATH", "")]), KILL_HARNESS_DELAY_MS=str(args.slow_fs_ms),
                KILL_HARNESS_PHASE=os.path.join(args.workdir, f"{tag}.phase"),
@@ -117,8 +119,7 @@ def _start(args, ckpt_dir: str, mode: str, tag: str):
         if os.path.exists(env[name]):
             os.remove(env[name])
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--config-name", "gpt_pretrain",
-           *run_overrides(args, ckpt_dir), f"checkpoint.resume={'true' if mode == 'resume' else 'false'}",
-           f"checkpoint.overwrite={'true' if mode == 'overwrite' else 'false'}"]
+           *run_overrides(args, ckpt_dir), f"checkpoint.resume={'true' if mode == 'resume' else 'false'}"]
     log = open(os.path.join(args.workdir, f"{tag}.log"), "w")
     return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), env
 
@@ -192,9 +193,7 @@ def orchestrate(args) -> int:
     while kills < args.kills and attempt < args.kills * 4:
         attempt += 1
         phase = PHASES[kills % len(PHASES)] if args.cycle_phases else rng.choice(PHASES)
-        # a swap happens when a step that exists is saved again: a run that overwrites the folder's checkpoints
-        mode = "overwrite" if phase == "swap" and os.path.isdir(ckpt_dir) else "resume"
-        proc, env = _start(args, ckpt_dir, mode, tag=f"run{attempt:03d}")
+        proc, env = _start(args, ckpt_dir, "resume", tag=f"run{attempt:03d}")
         deadline = time.time() + (rng.uniform(0.3, 1.0) * run_seconds if phase == "random" else run_seconds * 3)
         killed_in = None
         while proc.poll() is None and time.time() < deadline:

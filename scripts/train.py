@@ -109,9 +109,9 @@ def main(argv=None) -> int:
     launching = args.nproc_per_node is not None and "RANK" not in os.environ
     try:
         run = load_config(args.config_name, args.overrides, args.config_dir)
-        if args.cfg:
+        if args.cfg:  # the validated config; then whether this machine can run it (exit 2 when it cannot)
+            print(run_to_yaml(run), flush=True)
             _check_here(run)
-            print(run_to_yaml(run))
             return 0
         if launching:
             worker_argv = [a for i, a in enumerate(argv) if not _is_nproc_arg(argv, i)]

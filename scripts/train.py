@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     _setup_logging()
+    from bridge.attention import BackendUnavailableError  # an explicit backend this machine cannot run: config
     from bridge.training import CheckpointError, TrainingDivergedError, init_distributed, shutdown_distributed, train
 
     launching = args.nproc_per_node is not None and "RANK" not in os.environ
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
             return _launch(args.nproc_per_node, worker_argv)
         init_distributed(run)
         train(run)
-    except (ConfigError, ValueError, OSError, MemoryError) as exc:
+    except (ConfigError, ValueError, OSError, MemoryError, BackendUnavailableError) as exc:
         return _fail(exc, EXIT_CONFIG_ERROR)
     except (CheckpointError, TrainingDivergedError) as exc:  # the same message on every rank: rank 0 says it
         return _fail(exc, EXIT_RUN_ERROR)

@@ -174,6 +174,10 @@ def check_folder(ckpt_dir: str) -> list:
 
 
 def orchestrate(args) -> int:
+    sys.path.insert(0, REPO)
+    from bridge.console import quiet_scripts
+
+    quiet_scripts()  # this process reads checkpoints (check_folder), which imports megatron-core
     os.makedirs(args.workdir, exist_ok=True)
     rng = random.Random(args.seed)
     ref_dir, ckpt_dir = os.path.join(args.workdir, "reference"), os.path.join(args.workdir, "ckpt")

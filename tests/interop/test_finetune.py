@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bridge.interop.hf import HFConversionError
-from tests.interop.conftest import CAUSAL_LM_BUILDERS, save_hf_model
+from tests.interop.conftest import CAUSAL_LM_BUILDERS, _gpt2, save_hf_model
 
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -121,3 +121,43 @@ def test_finetune_recipe_starts_from_hf_dir(tmp_path):
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert f"loaded pretrained weights from {hf_dir}" in proc.stderr
     assert "model: gpt 0." in proc.stdout  # the directory's 2-layer, 64-wide GPT-2, not the recipe's preset
+
+
+def _save_tokenizer(directory) -> int:
+    """A small byte-level BPE tokenizer trained here (no download), saved as transformers saves one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(["reverse the letters of: abc\ncba", "the quick brown fox jumps"] * 20, trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    fast.save_pretrained(str(directory))
+    return len(fast)
+
+
+def test_finetune_with_the_directory_tokenizer_exports_it(tmp_path, data_cache):
+    from bridge.data import TokenizerConfig
+    from bridge.training import CheckpointConfig, train
+    from tests.training.runs import tiny_run
+
+    hf_dir = tmp_path / "hf"
+    vocab = _save_tokenizer(hf_dir)
+    save_hf_model(lambda: _gpt2(vocab_size=vocab), hf_dir)
+    run = tiny_run("gpt", steps=3, cache_dir=data_cache, data_kind="finetune", task_accuracy_examples=0,
+                   model_overrides=dict(attention_backend="local"))
+    run.tokenizer = TokenizerConfig(type="huggingface", path=str(hf_dir / "tokenizer.json"))
+    run.checkpoint = CheckpointConfig(dir=str(tmp_path / "ckpt"), pretrained_checkpoint=f"hf:{hf_dir}")
+    train(run)
+    assert run.model.vocab_size == vocab + 100  # bridge's tokenizer appends 100 sentinels: zero rows for them
+
+    out = tmp_path / "exported"
+    assert convert.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--hf-dir", str(out)]) == 0
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert tokenizer("the fox")["input_ids"] == transformers.AutoTokenizer.from_pretrained(str(hf_dir))("the fox")["input_ids"]
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == vocab + 100

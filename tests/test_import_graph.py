@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-LAYERS = ("kernels", "attention", "data", "models", "training", "recipes")
+LAYERS = ("kernels", "attention", "data", "models", "interop", "training", "recipes")
 """Subpackages of ``bridge``, lowest first: a module may import from its own layer and the ones before it."""
 
 

@@ -5,6 +5,11 @@ Transformer Engine's environment switches are honoured so that habits carry over
 ``auto``'s choice, and make an explicit request for that backend an error (never a silent switch).
 ``NVTE_DEBUG=1`` with ``NVTE_DEBUG_LEVEL=1`` logs, per layer, the backend that runs and why the others were
 ruled out; ``NVTE_DEBUG_LEVEL=2`` adds the inputs the decision was made on.
+
+Where the decision is made: each attention layer holds a :class:`LayerBackend` (its request, built from the
+layer spec) that decides once per input signature (:class:`AttentionInputs`) through :func:`select_backend`
+and keeps the result. When the model is built, :meth:`LayerBackend.check_request` runs the same decision on
+what is known before any tensor exists, so an explicit backend that cannot run here fails in ``provide()``.
 """
 
 from __future__ import annotations
@@ -14,13 +19,14 @@ import os
 import sys
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from bridge.attention import flash, fused, local
+from bridge.attention import flash, fused, local, measured
 from bridge.attention.inputs import AttentionInputs
 from bridge.attention.backend import AttnBackend
 
 logger = logging.getLogger("bridge.attention")
 
-# Fastest first: auto takes the first backend that supports the layer.
+# auto's order when nothing was measured for the inputs (measured.auto_order reorders flash and fused by the
+# committed benchmark); auto takes the first backend that supports the layer.
 AUTO_ORDER: Tuple[AttnBackend, ...] = (AttnBackend.flash, AttnBackend.fused, AttnBackend.local)
 
 ENV_SWITCHES: Dict[AttnBackend, str] = {
@@ -100,10 +106,11 @@ def select_backend(
                 f"attention_backend={requested.value} cannot run {layer}: {reason} "
                 f"({inputs.describe()}); choose another backend or auto"
             )
-        chosen, reasons = requested, {}
+        chosen, reasons, why = requested, {}, ""
     else:
         chosen, reasons = None, {}
-        for candidate in AUTO_ORDER:
+        order, why = measured.auto_order(inputs, AUTO_ORDER)
+        for candidate in order:
             reason = "excluded by use_flash_attention=False" if candidate in excluded else ruled_out_reason(candidate, inputs)
             if reason is None:
                 chosen = candidate
@@ -117,8 +124,39 @@ def select_backend(
         _ensure_debug_handler()
         how = "auto" if requested == AttnBackend.auto else "requested"
         ruled_out = "; ".join(f"{b.value} ruled out: {r}" for b, r in reasons.items())
-        message = f"{layer}: running {chosen.value} ({how})" + (f"; {ruled_out}" if ruled_out else "")
+        message = f"{layer}: running {chosen.value} ({how})" + (f"; {why}" if why else "")
+        message += f"; {ruled_out}" if ruled_out else ""
         if level >= 2:
             message += f" [inputs: {inputs.describe()}]"
         logger.info(message)
     return chosen
+
+
+class LayerBackend:
+    """One attention layer's backend: the request from its spec, and the decision for each input signature.
+
+    ``requested`` may be ``auto``; ``exclude`` takes backends out of auto's choice (legacy
+    ``use_flash_attention=False``); ``layer`` names the layer in errors and debug logs.
+    """
+
+    def __init__(self, requested: AttnBackend, exclude: Iterable[AttnBackend] = (), layer: str = "attention"):
+        self.requested = canonical(requested)
+        self.exclude: Tuple[AttnBackend, ...] = tuple(canonical(b) for b in exclude)
+        self.layer = layer
+        self._decided: Dict[AttentionInputs, AttnBackend] = {}
+        self.last: Optional[AttnBackend] = None
+        """What the latest :meth:`choose` returned (for logs, tests and ``TrainResult.attention_backends``)."""
+
+    def choose(self, inputs: AttentionInputs) -> AttnBackend:
+        """The backend for ``inputs``: decided (and logged under NVTE_DEBUG) the first time, kept after."""
+        chosen = self._decided.get(inputs)
+        if chosen is None:
+            chosen = self._decided[inputs] = select_backend(self.requested, inputs, self.layer, self.exclude)
+        self.last = chosen
+        return chosen
+
+    def check_request(self, inputs: AttentionInputs, where: str) -> None:
+        """Raise :class:`BackendUnavailableError` now if an explicit request cannot run ``inputs`` (the signature
+        known at build time: device, dtype, heads, head dim, dropout); ``auto`` waits for the real inputs."""
+        if self.requested != AttnBackend.auto:
+            select_backend(self.requested, inputs, where, self.exclude, log=False)

@@ -23,7 +23,12 @@ logger = logging.getLogger("bridge.models")
 POSITION_EMBEDDINGS = ("learned_absolute", "rope", "none")
 _POSITION_ALIASES = {"learned": "learned_absolute", "absolute": "learned_absolute", "rotary": "rope"}
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
-ACTIVATIONS = ("gelu", "swiglu", "relu", "squared_relu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu", "squared_relu")
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (GPT-2's ``gelu_new``); a named function so configs stay picklable."""
+    return F.gelu(x, approximate="tanh")
 
 
 def _choice(value: str, valid, field_name: str, aliases: Optional[Dict[str, str]] = None) -> str:
@@ -93,9 +98,11 @@ class TransformerProvider:
     layernorm_epsilon: float = 1e-5
     """Epsilon of the normalisation layers."""
     activation: str = "gelu"
-    """MLP activation: gelu | swiglu | relu | squared_relu."""
+    """MLP activation: gelu | gelu_tanh (GPT-2's tanh approximation) | swiglu | relu | squared_relu."""
     add_bias_linear: bool = True
     """Biases in the linear layers (False for Llama-style models)."""
+    add_qkv_bias: bool = False
+    """Biases on the query/key/value projection even when add_bias_linear is False (Qwen2-style models)."""
     hidden_dropout: float = 0.1
     """Dropout after the attention and MLP blocks."""
     attention_dropout: float = 0.0
@@ -220,6 +227,7 @@ class TransformerProvider:
         """Keyword arguments for megatron-core's ``TransformerConfig`` (family builders add or override some)."""
         activation, gated = {
             "gelu": (F.gelu, False),
+            "gelu_tanh": (gelu_tanh, False),
             "swiglu": (F.silu, True),
             "relu": (F.relu, False),
             "squared_relu": (lambda x: F.relu(x) ** 2, False),
@@ -240,6 +248,7 @@ class TransformerProvider:
             activation_func=activation,
             gated_linear_unit=gated,
             add_bias_linear=self.add_bias_linear,
+            add_qkv_bias=self.add_qkv_bias,
             init_method_std=self.init_method_std,
             tensor_model_parallel_size=self.tensor_model_parallel_size,
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,

@@ -19,6 +19,24 @@ class GPTModelProvider(TransformerProvider):
         model = provider.provide()
     """
 
+    rope_scaling: bool = False
+    """Llama 3.1-style RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4, original
+    context 8192); position_embedding_type must be rope."""
+    rope_scaling_factor: float = 8.0
+    """The factor of ``rope_scaling``."""
+    seq_len_interpolation_factor: Optional[float] = None
+    """Linear RoPE position interpolation: positions are divided by this factor (None = off)."""
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.rope_scaling or self.seq_len_interpolation_factor is not None) and self.position_embedding_type != "rope":
+            raise ValueError("rope_scaling / seq_len_interpolation_factor need position_embedding_type=rope, "
+                             f"got {self.position_embedding_type}")
+        if self.rope_scaling_factor <= 0 or (self.seq_len_interpolation_factor is not None
+                                             and self.seq_len_interpolation_factor <= 0):
+            raise ValueError("rope_scaling_factor and seq_len_interpolation_factor must be positive, got "
+                             f"{self.rope_scaling_factor} and {self.seq_len_interpolation_factor}")
+
     def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None):
         """Validate, set up parallel state if needed, and return a megatron-core ``GPTModel``.
 

@@ -50,6 +50,9 @@ def build_gpt_model(
         position_embedding_type=provider.position_embedding_type,
         rotary_percent=provider.rotary_percent,
         rotary_base=provider.rotary_base,
+        rope_scaling=provider.rope_scaling,
+        rope_scaling_factor=provider.rope_scaling_factor,
+        seq_len_interpolation_factor=provider.seq_len_interpolation_factor,
     )
     make_rope_host_compatible(model)
     return place_model(model, model.config)

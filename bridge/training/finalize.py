@@ -1,6 +1,8 @@
 """The one place that settles what a run's config leaves open; every other module reads the result.
 
 * family: ``run.family`` names a registered :class:`bridge.models.FamilySpec` and matches the provider's class;
+* architecture: with ``checkpoint.pretrained_checkpoint=hf:<dir>`` the directory's config.json replaces the
+  model's architecture (its sequence length included), keeping the run's choices (backend, dtype, layout);
 * device: ``train.device=auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``;
 * precision: ``train.precision=auto`` becomes ``model.dtype`` when that was set to something other than the fp32
   default, else bf16 on CUDA and fp32 on the CPU; an explicit precision sets ``model.dtype`` (a different explicit
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from bridge.interop.hf.finetune import adopt_hf_architecture
 from bridge.models import FamilySpec, family_of_provider, family_spec, list_presets
 from bridge.models.fields import parse_dtype
 from bridge.training.config import Device, Precision, RunConfig, parse_choice
@@ -69,13 +72,14 @@ def check_family(spec: FamilySpec, model_spec: FamilySpec, model_cls: type) -> N
 
 
 def finalize_run(run: RunConfig) -> FamilySpec:
-    """Settle ``run`` in place (family, device, precision, vocabulary) and return its family's spec.
+    """Settle ``run`` in place (family, architecture, device, precision, vocabulary); return its family's spec.
 
     Every problem is one ``ValueError`` line naming the setting and what would be valid.
     """
     spec = family_spec(run.family)
     check_family(spec, family_of_provider(run.model), type(run.model))
     run.family = spec.name
+    adopt_hf_architecture(run, run.built_tokenizer)
     run.train.device = settled_device(run.train.device)
     run.train.precision = settled_precision(run.train.precision, run.model.dtype, run.train.device)
     run.model.dtype = run.train.precision.value

@@ -23,12 +23,12 @@ import torch.distributed as dist
 
 from bridge.data import DatasetKind, PretrainingSampler
 from bridge.models import FamilySpec
-from bridge.training.checkpointing import (load_checkpoint, load_weights, resolve_checkpoint, restore_rng,
-                                          save_checkpoint)
+from bridge.training.checkpointing import load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.distributed import DistributedEnv, init_distributed, seed_everything
 from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
+from bridge.training.hf_checkpoints import load_pretrained
 from bridge.training.loss import batch_to_device, masked_loss
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
@@ -174,7 +174,7 @@ def train(run) -> TrainResult:
         step, consumed, rng_state = state.step, state.consumed_samples, state.rng_state
         logger.info("resumed from %s at step %d", state.path, step)
     elif ckpt.pretrained_checkpoint:
-        path = load_weights(ckpt.pretrained_checkpoint, core)
+        path = load_pretrained(ckpt.pretrained_checkpoint, core, run.model)
         logger.info("loaded pretrained weights from %s", path)
     # Weights, optimizer state and RNG are restored; the loop continues with the data the sampler dictates.
 

@@ -40,7 +40,7 @@ def hf_directory(reference: Optional[str]) -> Optional[str]:
 def adopt_hf_architecture(run, tokenizer) -> None:
     """When ``run.checkpoint.pretrained_checkpoint`` is ``hf:<dir>``, replace ``run.model`` by the provider of
     ``<dir>``'s config.json (keeping the run's :data:`RUN_CHOICES`); otherwise do nothing. The directory's
-    context length becomes ``model.seq_length``, the length of every training sample.
+    context length becomes ``model.max_position_embeddings``; ``model.seq_length`` stays the run's sample length.
 
     ``tokenizer`` is the run's: when it only adds ids past the checkpoint's vocabulary (the 100 T5 sentinels
     bridge appends to a tokenizer that has none), the embedding grows by zero rows to hold them.
@@ -54,6 +54,12 @@ def adopt_hf_architecture(run, tokenizer) -> None:
     if type(provider) is not type(current):
         raise HFConversionError(f"{directory} holds a {type(provider).__name__.replace('ModelProvider', '')} model but "
                                 f"this run trains family={run.family}; use the matching recipe")
+    if provider.position_embedding_type == "learned_absolute" and current.seq_length > provider.resolved_max_positions:
+        raise HFConversionError(f"model.seq_length={current.seq_length} is longer than {directory}'s "
+                                f"{provider.resolved_max_positions} learned positions; set model.seq_length <= "
+                                f"{provider.resolved_max_positions}")
+    kept["seq_length"] = current.seq_length  # the run's sample length; the directory's context length stays
+                                             # the model's max_position_embeddings
     provider = type(provider)(**{**_fields(provider), **{k: v for k, v in kept.items() if k in _fields(provider)}})
     base_vocab = getattr(tokenizer, "_base_vocab_size", tokenizer.vocab_size)
     if provider.vocab_size < tokenizer.vocab_size and base_vocab <= provider.vocab_size:

@@ -2,13 +2,15 @@
 
 * family: ``run.family`` names a registered :class:`bridge.models.FamilySpec` and matches the provider's class;
 * architecture: with ``checkpoint.pretrained_checkpoint=hf:<dir>`` the directory's config.json replaces the
-  model's architecture (its sequence length included), keeping the run's choices (backend, dtype, layout);
+  model's architecture (its context length becomes ``max_position_embeddings``), keeping the run's choices
+  (backend, dtype, layout, ``seq_length``);
 * device: ``train.device=auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``;
 * precision: ``train.precision=auto`` becomes ``model.dtype`` when that was set to something other than the fp32
   default, else bf16 on CUDA and fp32 on the CPU; an explicit precision sets ``model.dtype`` (a different explicit
   ``model.dtype`` next to it is a contradiction); fp16 needs CUDA;
 * vocabulary: ``model.vocab_size`` from the tokenizer (an explicit size too small for it is an error);
-* sequence lengths: owned by the model (``seq_length``, T5's ``decoder_seq_length``); the datasets read them there.
+* sequence lengths: owned by the model (``seq_length``, T5's ``decoder_seq_length``); the datasets read them
+  there.
 
 :func:`bridge.recipes.build_run_config` calls :func:`finalize_run` on the run it builds, and
 :func:`bridge.training.train` calls it again for runs built in Python: a finalised run comes back unchanged.

@@ -101,8 +101,6 @@ class BridgeCoreAttention(MegatronModule):
         attention_bias: Optional[torch.Tensor] = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if attention_bias is not None:
-            raise ValueError("bridge's core attention does not take an attention bias (relative position embeddings); use rope or learned_absolute")
         if packed_seq_params is not None:
             raise ValueError("bridge's core attention takes padding masks, not megatron PackedSeqParams; pass an attention mask instead")
         sq, b, h, d = query.shape
@@ -114,8 +112,10 @@ class BridgeCoreAttention(MegatronModule):
             device_type=query.device.type, dtype=query.dtype, head_dim=d, num_heads=h, num_kv_heads=g,
             dropout_p=dropout_p, mask_kind=mask.kind, seqlen_q=sq, seqlen_k=sk,
         )
-        backend = self.resolve(inputs)
+        backend = self.choice.choose_with_bias() if attention_bias is not None else self.resolve(inputs)
         kwargs = {"deterministic": self.deterministic} if backend == AttnBackend.flash else {}
+        if attention_bias is not None:
+            kwargs["bias"] = attention_bias
         with _dropout_rng_context(query) if dropout_p > 0 else contextlib.nullcontext():
             out = _RUNNERS[backend](query, key, value, mask, self.softmax_scale, dropout_p, **kwargs)
         return out.reshape(sq, b, h * d)

@@ -155,6 +155,16 @@ class LayerBackend:
         self.last = chosen
         return chosen
 
+    def choose_with_bias(self) -> AttnBackend:
+        """An additive attention bias (T5's relative position bias) runs on ``local``, the one backend that adds
+        it; an explicit other backend is an error."""
+        if self.requested not in (AttnBackend.auto, AttnBackend.local):
+            raise ValueError(
+                f"{self.layer}: attention_backend={self.requested.value} cannot add an attention bias "
+                "(position_embedding_type=relative); use attention_backend=local or auto")
+        self.last = AttnBackend.local
+        return self.last
+
     def check_request(self, inputs: AttentionInputs, where: str) -> None:
         """Raise :class:`BackendUnavailableError` now if an explicit request cannot run ``inputs`` (the signature
         known at build time: device, dtype, heads, head dim, dropout); ``auto`` waits for the real inputs."""

@@ -14,21 +14,17 @@ from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core.activations import fast_gelu
 
 from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.models.fields import DTYPES, parse_dtype, strict_dataclass
 
 logger = logging.getLogger("bridge.models")
 
-POSITION_EMBEDDINGS = ("learned_absolute", "rope", "none")
+POSITION_EMBEDDINGS = ("learned_absolute", "rope", "relative", "none")
 _POSITION_ALIASES = {"learned": "learned_absolute", "absolute": "learned_absolute", "rotary": "rope"}
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
-ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu", "squared_relu")
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GELU with the tanh approximation (GPT-2's ``gelu_new``); a named function so configs stay picklable."""
-    return F.gelu(x, approximate="tanh")
+ACTIVATIONS = ("gelu", "fast_gelu", "swiglu", "fast_geglu", "relu", "squared_relu")
 
 
 def _choice(value: str, valid, field_name: str, aliases: Optional[Dict[str, str]] = None) -> str:
@@ -101,11 +97,14 @@ class TransformerProvider:
     layernorm_epsilon: float = 1e-5
     """Epsilon of the normalisation layers."""
     activation: str = "gelu"
-    """MLP activation: gelu | gelu_tanh (GPT-2's tanh approximation) | swiglu | relu | squared_relu."""
+    """MLP activation: gelu | fast_gelu (megatron-core's tanh approximation, GPT-2's gelu_new) | swiglu |
+    fast_geglu (gated fast_gelu: T5 v1.1's gated-gelu) | relu | squared_relu."""
     add_bias_linear: bool = True
     """Biases in the linear layers (False for Llama-style models)."""
     add_qkv_bias: bool = False
     """Biases on the query/key/value projection even when add_bias_linear is False (Qwen2-style models)."""
+    softmax_scale: Optional[float] = None
+    """Scale of the attention scores; None = 1/sqrt(head dimension) (T5 uses 1.0)."""
     hidden_dropout: float = 0.1
     """Dropout after the attention and MLP blocks."""
     attention_dropout: float = 0.0
@@ -241,7 +240,8 @@ class TransformerProvider:
         """Keyword arguments for megatron-core's ``TransformerConfig`` (family builders add or override some)."""
         activation, gated = {
             "gelu": (F.gelu, False),
-            "gelu_tanh": (gelu_tanh, False),
+            "fast_gelu": (fast_gelu, False),
+            "fast_geglu": (fast_gelu, True),
             "swiglu": (F.silu, True),
             "relu": (F.relu, False),
             "squared_relu": (lambda x: F.relu(x) ** 2, False),
@@ -263,6 +263,7 @@ class TransformerProvider:
             gated_linear_unit=gated,
             add_bias_linear=self.add_bias_linear,
             add_qkv_bias=self.add_qkv_bias,
+            softmax_scale=self.softmax_scale,
             init_method_std=self.init_method_std,
             tensor_model_parallel_size=self.tensor_model_parallel_size,
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,

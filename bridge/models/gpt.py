@@ -29,6 +29,9 @@ class GPTModelProvider(TransformerProvider):
 
     def validate(self) -> None:
         super().validate()
+        if self.position_embedding_type == "relative":
+            raise ValueError("position_embedding_type=relative (bucketed relative position bias) is a T5 option; "
+                             "a GPT takes learned_absolute, rope or none")
         if (self.rope_scaling or self.seq_len_interpolation_factor is not None) and self.position_embedding_type != "rope":
             raise ValueError("rope_scaling / seq_len_interpolation_factor need position_embedding_type=rope, "
                              f"got {self.position_embedding_type}")

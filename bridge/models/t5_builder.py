@@ -57,6 +57,8 @@ def build_t5_model(
         share_embeddings_and_output_weights=provider.share_embeddings_and_output_weights,
         position_embedding_type=provider.position_embedding_type,
         rotary_percent=provider.rotary_percent,
+        relative_attention_num_buckets=provider.relative_attention_num_buckets,
+        relative_attention_max_distance=provider.relative_attention_max_distance,
     )
     make_rope_host_compatible(model)
     return place_model(model, model.config)

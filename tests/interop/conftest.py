@@ -46,6 +46,20 @@ CAUSAL_LM_BUILDERS = {
 }
 
 
+def _t5(**overrides):
+    cfg = dict(vocab_size=VOCAB, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=2, num_heads=4,
+               dropout_rate=0.0, decoder_start_token_id=0)
+    return transformers.T5ForConditionalGeneration(transformers.T5Config(**{**cfg, **overrides}))
+
+
+T5_BUILDERS = {
+    "t5_relu_scaled": _t5,  # original T5: relu, tied head with the d_model ** -0.5 output scale
+    "t5v1_1_gated_gelu": lambda: _t5(feed_forward_proj="gated-gelu", num_decoder_layers=1),
+    # what transformers 5 builds for tie_word_embeddings=False: a tied head without the output scale
+    "t5_gated_silu_unscaled": lambda: _t5(feed_forward_proj="gated-silu", tie_word_embeddings=False),
+}
+
+
 def save_hf_model(builder, directory, seed: int = 0) -> str:
     """Build a model with ``builder`` (random weights from ``seed``), give every bias a non-zero value so
     the maps are tested on it, save it to ``directory``, return the directory."""
@@ -53,7 +67,7 @@ def save_hf_model(builder, directory, seed: int = 0) -> str:
     model = builder()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if name.endswith("bias") or "norm" in name or "ln_" in name:
+            if (name.endswith("bias") and "relative_attention_bias" not in name) or "norm" in name or "ln_" in name:
                 param.normal_(0.0 if name.endswith("bias") else 1.0, 0.1)
     model.save_pretrained(str(directory))
     return str(directory)
@@ -63,3 +77,9 @@ def save_hf_model(builder, directory, seed: int = 0) -> str:
 def causal_lm_dir(request, tmp_path):
     """(name, directory) of each tiny causal LM family variant."""
     return request.param, save_hf_model(CAUSAL_LM_BUILDERS[request.param], tmp_path / request.param)
+
+
+@pytest.fixture(params=sorted(T5_BUILDERS))
+def t5_dir(request, tmp_path):
+    """(name, directory) of each tiny T5 variant."""
+    return request.param, save_hf_model(T5_BUILDERS[request.param], tmp_path / request.param)

@@ -128,3 +128,32 @@ def test_export_refuses_a_non_empty_directory_and_unexportable_models(tmp_path):
                            normalization="RMSNorm", attention_backend="local")
     with pytest.raises(HFConversionError, match="no Hugging Face architecture matches"):
         save_hf(odd.provide(), odd, str(tmp_path / "odd"))
+
+
+def test_sharded_safetensors_and_pytorch_bin_directories(tmp_path):
+    import shutil
+
+    from bridge.interop.hf import hf_state_dict
+    from bridge.interop.hf.files import write_weights
+    from tests.interop.conftest import CAUSAL_LM_BUILDERS, save_hf_model
+
+    directory = save_hf_model(CAUSAL_LM_BUILDERS["llama_gqa"], tmp_path / "l")
+    provider, model = import_hf(directory, attention_backend="local")
+    tensors = hf_state_dict(model, provider)
+
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    files = write_weights(str(sharded), tensors, max_shard_bytes=40_000)
+    assert "model.safetensors.index.json" in files and len(files) > 3
+    shutil.copy(os.path.join(directory, "config.json"), sharded)
+    ids = torch.randint(0, 359, (1, 8), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(_hf_logits(str(sharded), ids), _hf_logits(directory, ids), rtol=0, atol=0)
+
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    shutil.copy(os.path.join(directory, "config.json"), binary)
+    torch.save(_load_all(directory), binary / "pytorch_model.bin")
+    for source in (sharded, binary):
+        _, again = import_hf(str(source), attention_backend="local")
+        for (name, a), (_, b) in zip(model.named_parameters(), again.named_parameters()):
+            assert torch.equal(a, b), (source, name)

@@ -65,3 +65,19 @@ def test_tensor_parallel_shards_follow_megatron_partitioning():
 
     replicated = torch.nn.Parameter(torch.empty(3))
     assert shard_for_rank(torch.ones(3), replicated, 1, 2).shape == (3,)
+
+
+def test_pipeline_stages_map_local_layer_numbers_to_global_ones():
+    from bridge.interop.hf.importer import _global_name
+
+    class Layer(torch.nn.Module):
+        def __init__(self, number):
+            super().__init__()
+            self.layer_number = number  # megatron-core's global, 1-based layer number
+            self.linear = torch.nn.Linear(1, 1)
+
+    stage = torch.nn.Module()
+    stage.decoder = torch.nn.Module()
+    stage.decoder.layers = torch.nn.ModuleList([Layer(5), Layer(6)])  # the second stage of 2 × 4 layers
+    assert _global_name(stage, "decoder.layers.1.linear.weight") == "decoder.layers.5.linear.weight"
+    assert _global_name(stage, "decoder.final_layernorm.weight") == "decoder.final_layernorm.weight"

@@ -33,7 +33,7 @@ def hf_state_dict(model: torch.nn.Module, provider, progress: bool = False) -> D
             f"exporting a model split over tensor/pipeline parallel ranks ({tp_size} x {pp_size}) in memory is not "
             "supported: save a checkpoint and run `python scripts/convert.py export` (it re-assembles the model)")
     family = family_for_provider(provider)
-    maps = {m.megatron: m for m in family.tensor_maps(provider)}
+    maps = {m.megatron: m for m in family.tensor_maps(provider, None)}
     out: Dict[str, torch.Tensor] = {}
     params = list(model.named_parameters())
     for name, param in _progress(params, progress, "export"):

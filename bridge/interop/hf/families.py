@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Dict, Tuple
 
-from bridge.interop.hf import gpt2, llama
+from bridge.interop.hf import gpt2, llama, t5
 from bridge.interop.hf.errors import HFConversionError
 from bridge.interop.hf.family import Family
 
-FAMILIES: Tuple[Family, ...] = (gpt2.FAMILY, llama.FAMILY)
+FAMILIES: Tuple[Family, ...] = (gpt2.FAMILY, llama.FAMILY, t5.FAMILY)
 
 
 def family_for_config(config: Dict, source: str = "config.json") -> Family:
@@ -28,4 +28,4 @@ def family_for_provider(provider) -> Family:
         f"no Hugging Face architecture matches this {type(provider).__name__} (position_embedding_type="
         f"{provider.position_embedding_type}, normalization={provider.normalization}, activation="
         f"{provider.activation}, add_bias_linear={provider.add_bias_linear}): GPT-2 needs learned_absolute + "
-        "LayerNorm + gelu/gelu_tanh/relu with biases and no GQA; Llama needs rope + RMSNorm + swiglu")
+        "LayerNorm + gelu/fast_gelu/relu with biases and no GQA; Llama needs rope + RMSNorm + swiglu")

@@ -18,8 +18,9 @@ class Family:
     """``model_type`` values of config.json this family imports."""
     provider_fields: Callable[[Dict[str, Any]], Tuple[Type, Dict[str, Any]]]
     """config.json -> (provider class, provider fields); unsupported settings raise HFConversionError."""
-    tensor_maps: Callable[[Any], List[TensorMap]]
-    """provider -> the maps of every tensor of the full (unsharded, unstaged) megatron model."""
+    tensor_maps: Callable[[Any, Optional[Dict[str, Any]]], List[TensorMap]]
+    """(provider, config.json or None on export) -> the maps of every tensor of the full (unsharded,
+    unstaged) megatron model."""
     hf_config: Callable[[Any, Dict[str, Optional[int]]], Any]
     """(provider, special token ids) -> a ``transformers`` config object for export."""
     exports: Callable[[Any], bool]

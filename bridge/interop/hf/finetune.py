@@ -22,8 +22,10 @@ HF_PREFIX = "hf:"
 RUN_CHOICES = ("attention_backend", "use_flash_attention", "deterministic_attention", "dtype",
                "tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
                "use_cpu_initialization", "init_method_std", "hidden_dropout", "attention_dropout",
-               "encoder_attention_backend", "decoder_attention_backend", "encoder", "decoder")
-"""Provider fields the recipe keeps when the architecture comes from a Hugging Face directory."""
+               "encoder_attention_backend", "decoder_attention_backend", "encoder", "decoder",
+               "seq_length", "decoder_seq_length")
+"""Provider fields the recipe keeps when the architecture comes from a Hugging Face directory (the sample
+lengths are the run's; the directory's context length is kept as ``max_position_embeddings``)."""
 
 
 def hf_directory(reference: Optional[str]) -> Optional[str]:
@@ -58,8 +60,6 @@ def adopt_hf_architecture(run, tokenizer) -> None:
         raise HFConversionError(f"model.seq_length={current.seq_length} is longer than {directory}'s "
                                 f"{provider.resolved_max_positions} learned positions; set model.seq_length <= "
                                 f"{provider.resolved_max_positions}")
-    kept["seq_length"] = current.seq_length  # the run's sample length; the directory's context length stays
-                                             # the model's max_position_embeddings
     provider = type(provider)(**{**_fields(provider), **{k: v for k, v in kept.items() if k in _fields(provider)}})
     base_vocab = getattr(tokenizer, "_base_vocab_size", tokenizer.vocab_size)
     if provider.vocab_size < tokenizer.vocab_size and base_vocab <= provider.vocab_size:

@@ -12,9 +12,9 @@ from bridge.interop.hf.family import ConfigReader, Family
 from bridge.interop.hf.mapping import QKVMap, TensorMap, VocabMap, same
 from bridge.models import GPTModelProvider
 
-_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+_ACTIVATIONS = {"gelu_new": "fast_gelu", "gelu_pytorch_tanh": "fast_gelu", "gelu_fast": "fast_gelu",
                 "gelu": "gelu", "relu": "relu"}
-_EXPORT_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
+_EXPORT_ACTIVATIONS = {"fast_gelu": "gelu_new", "gelu": "gelu", "relu": "relu"}
 
 
 def provider_fields(config: Dict):
@@ -39,7 +39,7 @@ def provider_fields(config: Dict):
     )
 
 
-def tensor_maps(p: GPTModelProvider) -> List[TensorMap]:
+def tensor_maps(p: GPTModelProvider, config: Optional[Dict] = None) -> List[TensorMap]:
     vocab = dict(vocab_size=p.vocab_size, padded_vocab_size=p.padded_vocab_size)
     maps: List[TensorMap] = [
         VocabMap("embedding.word_embeddings.weight", ("transformer.wte.weight",), **vocab),

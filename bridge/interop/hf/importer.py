@@ -19,7 +19,7 @@ from bridge.interop.hf.errors import HFConversionError
 from bridge.interop.hf.families import family_for_config
 from bridge.interop.hf.family import Family
 from bridge.interop.hf.files import WeightReader, read_config
-from bridge.interop.hf.mapping import VocabMap
+from bridge.interop.hf.mapping import AbsentMap, VocabMap
 from bridge.interop.hf.sharding import shard_for_rank
 
 _LAYER = re.compile(r"^(.*?)layers\.(\d+)\.(.*)$")
@@ -67,7 +67,7 @@ def load_hf_weights(model: torch.nn.Module, provider, directory: str, progress: 
     config = read_config(directory)
     if family is None:
         family = family_for_config(config, f"{directory}/config.json")
-    maps = {m.megatron: m for m in family.tensor_maps(provider)}
+    maps = {m.megatron: m for m in family.tensor_maps(provider, config)}
     reader = WeightReader(directory)
     tp_rank, tp_size, pp_size = _parallel_ranks()
     params = [(name, p) for name, p in model.named_parameters()]
@@ -80,6 +80,10 @@ def load_hf_weights(model: torch.nn.Module, provider, directory: str, progress: 
             if mapping is None:
                 raise HFConversionError(f"megatron tensor {key!r} has no {family.name} counterpart: this model "
                                         f"was not built from {directory}'s config")
+            if isinstance(mapping, AbsentMap):
+                param.zero_()
+                param.requires_grad_(False)  # Hugging Face has no such tensor: it stays zero (see AbsentMap)
+                continue
             tensors = [reader.get(n, key) for n in mapping.hf]
             used.update(mapping.hf)
             if isinstance(mapping, VocabMap) and tensors[0].shape[0] != config.get("vocab_size"):

@@ -77,7 +77,7 @@ def provider_fields(config: Dict):
     )
 
 
-def tensor_maps(p: GPTModelProvider) -> List[TensorMap]:
+def tensor_maps(p: GPTModelProvider, config: Optional[Dict] = None) -> List[TensorMap]:
     vocab = dict(vocab_size=p.vocab_size, padded_vocab_size=p.padded_vocab_size)
     maps: List[TensorMap] = [
         VocabMap("embedding.word_embeddings.weight", ("model.embed_tokens.weight",), **vocab),

@@ -115,3 +115,49 @@ class GatedMLPMap(TensorMap):
 
     def to_hf(self, tensor: torch.Tensor) -> List[torch.Tensor]:
         return list(torch.chunk(tensor, 2))
+
+
+@dataclass(frozen=True)
+class KVMap(TensorMap):
+    """megatron's cross-attention ``linear_kv`` == Hugging Face's k, v projections: rows ``[k; v]`` per head."""
+
+    num_heads: int = 0
+    head_dim: int = 0
+
+    def to_megatron(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        k, v = (t.reshape(self.num_heads, self.head_dim, *t.shape[1:]) for t in tensors)
+        return torch.cat([k, v], dim=1).reshape(-1, *k.shape[2:])
+
+    def to_hf(self, tensor: torch.Tensor) -> List[torch.Tensor]:
+        rest = tensor.shape[1:]
+        k, v = torch.chunk(tensor.reshape(self.num_heads, 2 * self.head_dim, *rest), 2, dim=1)
+        return [k.reshape(-1, *rest), v.reshape(-1, *rest)]
+
+
+@dataclass(frozen=True)
+class ScaledMap(TensorMap):
+    """megatron tensor == Hugging Face tensor × ``factor`` (a constant scale folded into a weight; exact in
+    both directions when ``factor`` is a power of two)."""
+
+    factor: float = 1.0
+
+    def to_megatron(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        (t,) = tensors
+        return t * self.factor
+
+    def to_hf(self, tensor: torch.Tensor) -> List[torch.Tensor]:
+        return [tensor / self.factor]
+
+
+@dataclass(frozen=True)
+class AbsentMap(TensorMap):
+    """A megatron tensor Hugging Face does not have (``hf`` is empty): the importer zeroes and freezes it,
+    so fine-tuning leaves it at zero; a non-zero value cannot be exported."""
+
+    def to_hf(self, tensor: torch.Tensor) -> List[torch.Tensor]:
+        if tensor.count_nonzero():
+            from bridge.interop.hf.errors import HFConversionError
+
+            raise HFConversionError(f"megatron tensor {self.megatron!r} is not zero, and Hugging Face has no "
+                                    "place for it; it cannot be exported")
+        return []

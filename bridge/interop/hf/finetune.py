@@ -54,8 +54,7 @@ def adopt_hf_architecture(run, tokenizer) -> None:
         raise HFConversionError(f"{directory} holds a {type(provider).__name__.replace('ModelProvider', '')} model but "
                                 f"this run trains family={run.family}; use the matching recipe")
     provider = type(provider)(**{**_fields(provider), **{k: v for k, v in kept.items() if k in _fields(provider)}})
-    base_vocab = getattr(tokenizer, "_base_vocab_size", tokenizer.vocab_size)
-    if provider.vocab_size < tokenizer.vocab_size and base_vocab <= provider.vocab_size:
+    if tokenizer.text_vocab_size <= provider.vocab_size < tokenizer.vocab_size:
         logger.info("%s: %d ids the tokenizer adds past its vocabulary of %d get zero embedding rows", directory,
                     tokenizer.vocab_size - provider.vocab_size, provider.vocab_size)
         provider.vocab_size = tokenizer.vocab_size

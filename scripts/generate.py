@@ -55,6 +55,10 @@ def main(argv=None) -> int:
         dtype="bf16" if use_cuda else "fp32", tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
         sequence_parallel=False, use_cpu_initialization=None)
     tokenizer = tokenizer_from_snapshot(snapshot)
+    if provider.vocab_size < tokenizer.text_vocab_size:  # e.g. an imported model without its tokenizer files
+        print(f"error: {args.checkpoint}: the model has {provider.vocab_size} token ids but its tokenizer "
+              f"({tokenizer.fingerprint}) produces up to {tokenizer.text_vocab_size}", file=sys.stderr)
+        return 2
     model = provider.provide().to("cuda" if use_cuda else "cpu")
     try:
         path = load_weights(args.checkpoint, model)

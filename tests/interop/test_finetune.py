@@ -164,3 +164,17 @@ def test_finetune_with_the_directory_tokenizer_exports_it(tmp_path, data_cache):
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.eos_token_id == tokenizer.eos_token_id
     assert model.get_input_embeddings().weight.shape[0] == vocab + 100
+
+
+def test_imported_checkpoint_generates_with_the_directory_tokenizer(tmp_path, capsys):
+    import generate  # scripts/generate.py
+
+    hf_dir = tmp_path / "hf"
+    vocab = _save_tokenizer(hf_dir)
+    save_hf_model(lambda: _gpt2(vocab_size=vocab), hf_dir)  # the exact vocabulary, no room for sentinels
+    ckpt = str(tmp_path / "ckpt")
+    assert convert.main(["import", "--hf-dir", str(hf_dir), "--output", ckpt, "--no-progress"]) == 0
+    assert os.path.isfile(os.path.join(ckpt, "tokenizer", "tokenizer.json"))
+    capsys.readouterr()
+    assert generate.main(["--checkpoint", ckpt, "--prompt", "the", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("the")

@@ -61,8 +61,7 @@ def adopt_hf_architecture(run, tokenizer) -> None:
                                 f"{provider.resolved_max_positions} learned positions; set model.seq_length <= "
                                 f"{provider.resolved_max_positions}")
     provider = type(provider)(**{**_fields(provider), **{k: v for k, v in kept.items() if k in _fields(provider)}})
-    base_vocab = getattr(tokenizer, "_base_vocab_size", tokenizer.vocab_size)
-    if provider.vocab_size < tokenizer.vocab_size and base_vocab <= provider.vocab_size:
+    if tokenizer.text_vocab_size <= provider.vocab_size < tokenizer.vocab_size:
         logger.info("%s: %d ids the tokenizer adds past its vocabulary of %d get zero embedding rows", directory,
                     tokenizer.vocab_size - provider.vocab_size, provider.vocab_size)
         provider.vocab_size = tokenizer.vocab_size

@@ -107,12 +107,16 @@ def ensure_model_parallel(tensor_parallel_size: int = 1, pipeline_parallel_size:
 
 
 def resolve_device(choice) -> torch.device:
-    """The device ``train.device`` (auto | cpu | cuda) asks for; cuda without a GPU is an error, auto falls back."""
+    """This process's device for a settled ``train.device`` (cpu | cuda; ``auto`` is settled by
+    ``bridge.training.finalize_run``, the one place that decides it); cuda without a GPU is an error."""
     name = str(getattr(choice, "value", choice)).lower()
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
-    if name == "cpu" or not torch.cuda.is_available():
+    if name == "cpu":
         return torch.device("cpu")
+    if name != "cuda":
+        raise ValueError(f"train.device={name!r} is not settled to cpu or cuda: finalize the run first "
+                         "(bridge.training.finalize_run)")
+    if not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 

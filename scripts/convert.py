@@ -15,7 +15,13 @@ Needs the ``hf`` extra: pip install -e ".[hf]".
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bridge.console import quiet_scripts  # noqa: E402
+
+quiet_scripts()  # megatron-core's notices about TE / Apex, which bridge does not use
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -43,7 +43,7 @@ def build_gpt_model(
             provider.normalization, provider.attention_backend, exclude, provider.deterministic_attention
         ),
         vocab_size=vocab,
-        max_sequence_length=provider.seq_length,
+        max_sequence_length=provider.resolved_max_positions,
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=provider.share_embeddings_and_output_weights,

@@ -22,23 +22,23 @@ from typing import Any, Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 
-from bridge.data import DatasetKind, PretrainingSampler, build_datasets, build_tokenizer
+from bridge.data import DatasetKind, PretrainingSampler
 from bridge.distributed import DistributedEnv, init_distributed, seed_everything
-from bridge.interop.hf.finetune import adopt_hf_architecture
+from bridge.models import FamilySpec
 from bridge.training.checkpointer import Checkpointer
 from bridge.training.checkpointing import preserved_rng, restore_rng
-from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.errors import TrainingDivergedError
+from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
 from bridge.training.hf_checkpoints import load_pretrained
+from bridge.training.loss import batch_to_device, masked_loss
 from bridge.training.memory import check_fits_on_cpu
-from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
 from bridge.training.reporting import Reporter
 from bridge.training.snapshot import run_snapshot
-from bridge.training.throughput import count_parameters, peak_memory_gib, peak_tflops, training_flops_per_sample
+from bridge.training.throughput import count_parameters, peak_memory_gib, peak_tflops
 
 logger = logging.getLogger("bridge.training")
 
@@ -67,7 +67,7 @@ class RunParts:
 
     run: Any
     env: DistributedEnv
-    family: str
+    family: FamilySpec
     core: Any
     """The megatron-core model (checkpoints, generation); with pipeline stages this rank's stage."""
     wrapped: Any
@@ -108,17 +108,6 @@ class TrainResult:
     """The attention backends the model's layers ran in their latest forward (``last_backend``)."""
 
 
-def resolve_precision(precision, device: torch.device) -> str:
-    """'fp32' | 'bf16' | 'fp16' for ``train.precision`` on ``device`` (auto: bf16 on GPU, fp32 on CPU)."""
-    choice = parse_choice(Precision, precision, "train.precision")
-    if choice is Precision.auto:
-        return "bf16" if device.type == "cuda" else "fp32"
-    if choice is Precision.fp16 and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs CUDA (dynamic loss scaling lives in megatron-core's GPU "
-                         "optimizer); use fp32 or bf16 on the CPU")
-    return choice.value
-
-
 def batch_plan(train_cfg, data_parallel_size: int) -> int:
     """Micro-batches accumulated per step; global batch must be micro × accumulation × data-parallel size.
     A null ``train.global_batch_size`` becomes micro × data-parallel size here (one micro-batch per rank)."""
@@ -131,16 +120,6 @@ def batch_plan(train_cfg, data_parallel_size: int) -> int:
             f"{train_cfg.micro_batch_size} × data-parallel size {data_parallel_size} = {per_pass}; "
             f"use a multiple of {per_pass}")
     return train_cfg.global_batch_size // per_pass
-
-
-def _prepare_model_config(run, tokenizer, precision: str) -> None:
-    model = run.model
-    if model.vocab_size is None:
-        model.vocab_size = tokenizer.vocab_size
-    elif model.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary "
-                         f"({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size} or leave it null")
-    model.dtype = precision
 
 
 def _build_model(run, env: DistributedEnv, precision: str):
@@ -188,7 +167,7 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: str) -> float:
+def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: FamilySpec) -> float:
     """Mean validation loss over ``train.eval_steps`` micro-batches per rank (always the same samples).
 
     The training RNG is left as it was (the loader draws from it), so evaluating never changes the run's
@@ -197,7 +176,7 @@ def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: str) -> float:
     with preserved_rng():
         batches = _loader(valid_ds, steps * micro * env.data_parallel_size, 0, micro, env, 0)
         if env.pipeline_parallel_size > 1:
-            return pipeline_evaluate(wrapped, batches, steps, micro, run.data.seq_length, env.device)
+            return pipeline_evaluate(wrapped, batches, steps, micro, run.model.seq_length, env.device)
         wrapped.eval()
         total = torch.zeros((), device=env.device)
         for batch in batches:
@@ -216,8 +195,8 @@ def _embedded_task_accuracy(core, tokenizer, run, limit: int) -> float:
 
 
 def train(run) -> TrainResult:
-    """Run ``run`` (a ``bridge.recipes.RunConfig`` or anything with its attributes) to ``train.train_steps``."""
-    family = family_name(run.family)
+    """Run ``run`` (a :class:`bridge.training.RunConfig`) to ``train.train_steps``."""
+    family = finalize_run(run)
     env = init_distributed(run)
     cfg = run.train
     checkpointer = Checkpointer(run.checkpoint, run_snapshot(run), cfg.train_steps)
@@ -228,15 +207,13 @@ def train(run) -> TrainResult:
         checkpointer.close()
 
 
-def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) -> TrainResult:
+def _train(run, env: DistributedEnv, family: FamilySpec, checkpointer: Checkpointer) -> TrainResult:
     cfg = run.train
-    precision = resolve_precision(cfg.precision, env.device)
+    precision = cfg.precision.value
     seed_everything(cfg.seed, env.device)
-    tokenizer = build_tokenizer(run.tokenizer)
-    adopt_hf_architecture(run, tokenizer)  # checkpoint.pretrained_checkpoint=hf:<dir>: the directory decides the architecture
-    _prepare_model_config(run, tokenizer, precision)
+    tokenizer = run.built_tokenizer
     accumulation = batch_plan(cfg, env.data_parallel_size)
-    checkpointer.run_config = run_snapshot(run)  # with the vocabulary size and global batch now settled
+    checkpointer.run_config = run_snapshot(run)  # with the global batch now settled
     core, wrapped = _build_model(run, env, precision)
     optimizer = build_optimizer(wrapped if env.device.type == "cuda" else core, run.optimizer,
                                 core.config.params_dtype, env.device)
@@ -251,7 +228,7 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
         state.step, state.consumed_samples, rng_state = loaded.step, loaded.consumed_samples, loaded.rng_state
     # Weights, optimizer state and RNG are restored; the loop continues with the data the sampler dictates.
 
-    train_ds, valid_ds = build_datasets(run.data, tokenizer, family)
+    train_ds, valid_ds = family.build_datasets(run.data, tokenizer, run.model)
     total_samples = cfg.train_steps * cfg.global_batch_size
     result = TrainResult()
     reporter = Reporter(run.logging, cfg.train_steps, state.step, env.is_main)
@@ -260,17 +237,16 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
         check_fits_on_cpu(run.model, cfg.micro_batch_size, num_params, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     parts = RunParts(run=run, env=env, family=family, core=core, wrapped=wrapped, optimizer=optimizer,
                      scheduler=scheduler, checkpointer=checkpointer, reporter=reporter, valid_ds=valid_ds,
-                     accumulation=accumulation, flops_per_sample=training_flops_per_sample(run.model, family,
-                                                                                           num_params),
+                     accumulation=accumulation, flops_per_sample=family.flops_per_sample(run.model, num_params),
                      peak=peak_tflops(env.device, core.config.params_dtype))
-    reporter.line(f"model: {family} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
+    reporter.line(f"model: {family.name} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
                   f"{env.world_size} process(es) (data parallel {env.data_parallel_size}, tensor parallel "
                   f"{env.tensor_parallel_size}, pipeline parallel {env.pipeline_parallel_size}), global batch "
                   f"{cfg.global_batch_size} = {cfg.micro_batch_size} × {accumulation} × {env.data_parallel_size}")
-    score_task = (family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value
-                  and not run.data.paths and cfg.task_accuracy_examples)
+    score_task = (family.generates_text and run.data.kind is DatasetKind.finetune and not run.data.paths
+                  and cfg.task_accuracy_examples)
     pipelined = env.pipeline_parallel_size > 1
-    if pipelined and (score_task or (family == "gpt" and cfg.generate_sample)):
+    if pipelined and (score_task or (family.generates_text and cfg.generate_sample)):
         # generate() runs the whole model in one process; a stage holds only part of it
         reporter.line(f"pipeline parallel {env.pipeline_parallel_size}: end-of-run sample and embedded task "
                       "accuracy are skipped (generate from the checkpoint with pipeline size 1)")
@@ -292,7 +268,7 @@ def _train(run, env: DistributedEnv, family: str, checkpointer: Checkpointer) ->
                                                     optimizer, scheduler)
         if result.checkpoint:
             reporter.line(f"checkpoint {result.checkpoint}")
-        if family == "gpt" and cfg.generate_sample and not pipelined:
+        if family.generates_text and cfg.generate_sample and not pipelined:
             result.sample = generate(core, tokenizer, SAMPLE_PROMPT, max_new_tokens=64)
             reporter.line(f"sample: {SAMPLE_PROMPT}{result.sample!r}")
         if score_task:
@@ -311,14 +287,14 @@ def _train_step(parts: RunParts, batches) -> tuple:
     parts.optimizer.zero_grad()
     if env.pipeline_parallel_size > 1:  # GPT only: every sample is seq_length tokens
         loss = pipeline_train_step(wrapped, batches, parts.accumulation, cfg.micro_batch_size,
-                                   parts.run.data.seq_length, env.device)
-        return loss, parts.run.data.seq_length
+                                   parts.run.model.seq_length, env.device)
+        return loss, parts.run.model.seq_length
     loss_scale = getattr(parts.optimizer, "get_loss_scale", None)  # megatron-core fp16: dynamic loss scale
     step_loss = torch.zeros((), device=env.device)
     sample_tokens = 0
     for i in range(parts.accumulation):
         batch = batch_to_device(next(batches), env.device)
-        sample_tokens = tokens_per_sample(batch, parts.family)
+        sample_tokens = parts.family.tokens_per_sample(batch)
         with wrapped.no_sync() if i < parts.accumulation - 1 else nullcontext():
             loss, _ = masked_loss(wrapped, batch, parts.family)
             scale = loss_scale() if callable(loss_scale) else 1.0

@@ -18,7 +18,7 @@ TRAIN = REPO / "scripts" / "train.py"
 
 @pytest.mark.parametrize("recipe, overrides, message", [
     ("gpt_pretrain", ["model.num_layer=3"], "unknown config key 'model.num_layer'; did you mean 'model.num_layers'?"),
-    ("gpt_pretrain", ["data.seq_lenght=3"], "unknown config key 'data.seq_lenght'; did you mean 'data.seq_length'?"),
+    ("gpt_pretrain", ["data.num_worker=3"], "unknown config key 'data.num_worker'; did you mean 'data.num_workers'?"),
     ("gpt_pretrain", ["train.lr=3"], "unknown config key 'train.lr'; did you mean 'optimizer.lr'?"),
     ("t5_pretrain", ["model.encoder.use_flash_atention=true"],
      "unknown config key 'model.encoder.use_flash_atention'; did you mean 'model.encoder.use_flash_attention'?"),
@@ -78,8 +78,8 @@ def test_train_script_cfg_prints_the_validated_run_without_training():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.dtype=fp64"], "model.dtype='fp64' is not a supported dtype; valid values: fp32, bf16, fp16"),
-    (["data.seq_length=${model.seq_len}"], "data.seq_length: Interpolation key 'model.seq_len' not found"),
+    (["model.dtype=fp64"], "model: dtype='fp64' is not a supported dtype; valid values: fp32, bf16, fp16"),
+    (["data.seed=${model.seq_len}"], "data.seed: Interpolation key 'model.seq_len' not found"),
     (["model.seq_length"], "cannot parse override"),
 ])
 def test_other_bad_values_are_config_errors(overrides, message):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 from bridge.attention import flash, fused, local, measured
 from bridge.attention.inputs import AttentionInputs
@@ -91,12 +91,13 @@ def select_backend(
     inputs: AttentionInputs,
     layer: str = "attention",
     exclude: Iterable[AttnBackend] = (),
-    log: bool = True,
+    log: Union[bool, Callable[[AttnBackend], bool]] = True,
 ) -> AttnBackend:
     """Return the backend that runs ``inputs``; raise :class:`BackendUnavailableError` for an impossible explicit one.
 
     ``exclude`` removes backends from ``auto``'s choice (the legacy ``use_flash_attention=False``);
-    ``log=False`` keeps build-time checks out of the NVTE_DEBUG log, which reports what layers run.
+    ``log=False`` keeps build-time checks out of the NVTE_DEBUG log, which reports what layers run; a callable
+    ``log`` is asked with the chosen backend whether this decision is worth a line.
     """
     requested = canonical(requested)
     excluded = {canonical(b) for b in exclude}
@@ -120,7 +121,7 @@ def select_backend(
         if chosen is None:
             detail = "; ".join(f"{b.value}: {r}" for b, r in reasons.items())
             raise BackendUnavailableError(f"no attention backend can run {layer}: {detail}")
-    level = debug_level() if log else 0
+    level = debug_level() if (log(chosen) if callable(log) else log) else 0
     if level:
         _ensure_debug_handler()
         how = "auto" if requested == AttnBackend.auto else "requested"
@@ -153,11 +154,10 @@ class LayerBackend:
         """The backend for ``inputs``: decided (and logged under NVTE_DEBUG) the first time, kept after."""
         chosen = self._decided.get(inputs)
         if chosen is None:
+            # NVTE_DEBUG: a line when the layer's backend changes, not for every new input shape
             chosen = self._decided[inputs] = select_backend(self.requested, inputs, self.layer, self.exclude,
-                                                            log=False)
-            if chosen is not self._logged:  # NVTE_DEBUG: once per layer and backend, not per input shape
-                select_backend(self.requested, inputs, self.layer, self.exclude)
-                self._logged = chosen
+                                                            log=lambda backend: backend is not self._logged)
+            self._logged = chosen
         self.last = chosen
         return chosen
 

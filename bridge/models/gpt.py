@@ -19,11 +19,13 @@ class GPTModelProvider(TransformerProvider):
         model = provider.provide()
     """
 
-    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None):
+    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
+                vp_stage: Optional[int] = None):
         """Validate, set up parallel state if needed, and return a megatron-core ``GPTModel``.
 
-        ``pre_process`` / ``post_process`` default to this rank's pipeline position.
+        ``pre_process`` / ``post_process`` default to this rank's pipeline position (and, with virtual
+        pipeline stages, to whether ``vp_stage`` is the first / last chunk), as in Megatron Bridge.
         """
         from bridge.models.gpt_builder import build_gpt_model
 
-        return build_gpt_model(self, pre_process=pre_process, post_process=post_process)
+        return build_gpt_model(self, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)

@@ -107,9 +107,18 @@ def _resolve_precision(train: TrainingConfig, model_fields: Dict[str, Any]) -> N
     to something other than the fp32 default (then that choice stands). An explicit ``train.precision``
     sets the model's dtype; an explicit, different ``model.dtype`` next to it is a contradiction.
     """
+    from bridge.models.aliases import dtype_from_mcore_fields
     from bridge.models.fields import parse_dtype
 
     dtype = parse_dtype(model_fields.get("dtype", "fp32"), "model.dtype")
+    implied = dtype_from_mcore_fields(model_fields)  # megatron-core's spelling: model.bf16=true, ...
+    if implied is not None:
+        if dtype not in ("fp32", implied):
+            raise ConfigError(f"model.dtype={dtype} contradicts megatron-core's spelling of it (model.{implied}=true "
+                              "/ model.params_dtype); set only one")
+        dtype = implied
+        for name in ("bf16", "fp16", "params_dtype"):
+            model_fields.pop(name, None)
     if train.precision == Precision.auto:
         on_gpu = train.device == Device.cuda or (train.device == Device.auto and torch.cuda.is_available())
         resolved = dtype if dtype != "fp32" else ("bf16" if on_gpu else "fp32")
@@ -166,8 +175,25 @@ def _build(cfg: DictConfig) -> RunConfig:
     model_fields = _plain(cfg.model, "model")
     _fill_vocab_size(sections["tokenizer"], model_fields)
     _resolve_precision(sections["train"], model_fields)
-    provider = _construct(FAMILIES[family], model_fields, "model")
+    provider = _construct(FAMILIES[family], _set_fields(FAMILIES[family], model_fields), "model")
     return RunConfig(name=str(cfg.get("name", "run")), family=family, model=provider, **sections)
+
+
+def _set_fields(cls: Type, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields whose value differs from the class default: what the recipe (preset, YAML, overrides) set.
+
+    A composed node carries every schema field; passing only the set ones lets the provider tell which
+    spelling of a setting was chosen (``activation`` or ``gated_linear_unit`` + ``activation_func``).
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in fields.items() if k not in defaults or not _equal(v, defaults[k])}
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b) or (a is None and b is None)
+    except Exception:
+        return False
 
 
 class _writable:

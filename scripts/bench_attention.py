@@ -13,6 +13,8 @@ Peak memory of fwd+bwd at s = 4k, 16k, 64k shows linear growth. Writes JSON and 
 
     python scripts/bench_attention.py                    # all configs, fwd and fwd+bwd, memory sweep
     python scripts/bench_attention.py --quick --no-bwd   # fast forward-only check
+    python scripts/bench_attention.py --speed-table      # also measure auto's flash-vs-fused rule and write
+                                                         # bridge/attention/speed_table.py
 """
 
 from __future__ import annotations
@@ -173,6 +175,62 @@ def check_agreement(cfg: Config, dtype) -> float:
     return (out.float() - ref.float()).abs().max().item()
 
 
+# ---- auto's speed rule ----------------------------------------------------------------------------------
+
+SPEED_LENGTHS = (512, 1024, 2048, 4096, 8192, 16384)
+SPEED_TOKENS = 16384  # b * s of every sweep shape, so each one fills the GPU
+SPEED_HEADS = {64: 32, 128: 16}  # heads per head dim (hidden size 2048)
+SPEED_TABLE_PATH = REPO_ROOT / "bridge" / "attention" / "speed_table.py"
+SPEED_BACKENDS = {"flash": "bridge", "fused": "sdpa_cudnn"}  # attention backend -> what runs it here
+
+
+def speed_configs() -> list[Config]:
+    """The shapes behind auto's rule: head dim x mask x length, SPEED_TOKENS tokens each."""
+    return [Config(f"rule_d{d}_{'causal' if causal else 'none'}_s{s}", max(1, SPEED_TOKENS // s), h, h, d, s, causal)
+            for d, h in SPEED_HEADS.items() for causal in (False, True) for s in SPEED_LENGTHS]
+
+
+def speed_rows(results: list[dict], arch: str) -> list[dict]:
+    """One rule row per sweep shape: the faster of flash and fused by fwd+bwd TFLOP/s, and by how much."""
+    by_key = {(r["config"], r["backend"]): r for r in results}
+    rows = []
+    for cfg in speed_configs():
+        tflops = {name: by_key.get((cfg.name, runner), {}).get("fwdbwd_tflops") for name, runner in SPEED_BACKENDS.items()}
+        if None in tflops.values():
+            continue  # a backend failed on this shape: no rule row
+        faster = max(tflops, key=tflops.get)
+        slower = min(tflops, key=tflops.get)
+        rows.append({"arch": arch, "head_dim": cfg.d, "mask": "causal" if cfg.causal else "none",
+                     "min_len": 0 if cfg.s == SPEED_LENGTHS[0] else cfg.s, "faster": faster,
+                     "ratio": round(tflops[faster] / tflops[slower], 2), "config": cfg.name,
+                     "flash_tflops": round(tflops["flash"], 1), "fused_tflops": round(tflops["fused"], 1)})
+    return rows
+
+
+def write_speed_table(rows: list[dict], device: str, evidence: str, path: Path = SPEED_TABLE_PATH) -> None:
+    """Write the generated module that bridge.attention.measured reads."""
+    lines = [
+        '"""Measured fwd+bwd speed of the flash and fused attention backends (generated: do not edit by hand).',
+        "",
+        f"Written by ``python scripts/bench_attention.py --speed-table`` on {device}, {time.strftime('%Y-%m-%d')}:",
+        f"bf16, {SPEED_TOKENS} tokens per shape (b = {SPEED_TOKENS} / s), heads {dict(SPEED_HEADS)} per head dim,",
+        "flash = this repository's kernel, fused = PyTorch SDPA's cuDNN backend, timed in one process.",
+        f"Every timing is in {evidence};",
+        "``bridge.attention.measured`` explains how a layer's inputs are matched to a row.",
+        '"""',
+        "",
+        f"SOURCE = {evidence!r}",
+        "",
+        "# (arch, head dim, mask, min length, faster backend, fwd+bwd TFLOP/s ratio faster / slower)",
+        "ROWS = (",
+    ]
+    for r in rows:
+        lines.append(f"    ({r['arch']!r}, {r['head_dim']}, {r['mask']!r}, {r['min_len']}, {r['faster']!r}, {r['ratio']}),"
+                     f"  # flash {r['flash_tflops']}, fused {r['fused_tflops']} TFLOP/s")
+    lines.append(")")
+    path.write_text("\n".join(lines) + "\n")
+
+
 # ---- memory -----------------------------------------------------------------------------------------------
 
 
@@ -265,6 +323,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations (rough numbers)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "benchmarks" / "results")
     parser.add_argument("--tag", default="bench_attention", help="output file stem")
+    parser.add_argument("--speed-table", action="store_true",
+                        help="measure flash vs fused over head dim x mask x length and write auto's rule to "
+                             "bridge/attention/speed_table.py (evidence in <out>/backend_speed.json)")
     args = parser.parse_args(argv)
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
@@ -307,7 +368,33 @@ def main(argv=None) -> int:
     except ImportError:
         print("bench_attention: matplotlib not installed, no plot written", file=sys.stderr)
     print_summary(report)
+    if args.speed_table:
+        measure_speed_table(args.out, dtype, warmup, iters)
     return 0
+
+
+def measure_speed_table(out: Path, dtype, warmup: int, iters: int) -> None:
+    """Run the rule sweep, write its evidence JSON and the generated speed table."""
+    major, minor = torch.cuda.get_device_capability(0)
+    arch = f"sm{major}{minor}"
+    results = []
+    for cfg in speed_configs():
+        for runner in SPEED_BACKENDS.values():
+            row = bench_one(runner, cfg, dtype, True, warmup, iters)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    rows = speed_rows(results, arch)
+    evidence = out / "backend_speed.json"
+    evidence.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "arch": arch, "torch": torch.__version__,
+                                    "cudnn": torch.backends.cudnn.version(), "dtype": str(dtype), "timestamp": time.time(),
+                                    "configs": [asdict(c) for c in speed_configs()], "results": results,
+                                    "rules": rows}, indent=1))
+    # The table cites the evidence where it is committed, whichever --out this run wrote to.
+    write_speed_table(rows, torch.cuda.get_device_name(0), f"benchmarks/results/{evidence.name}")
+    print(f"\nauto's rule ({arch}), fwd+bwd TFLOP/s flash / fused:")
+    for r in rows:
+        print(f"  d={r['head_dim']:3d} {r['mask']:6s} len>={r['min_len']:5d}: {r['faster']:5s} {r['ratio']:.2f}x "
+              f"({r['flash_tflops']:.0f} / {r['fused_tflops']:.0f})")
 
 
 def print_summary(report: dict) -> None:

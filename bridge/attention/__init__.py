@@ -6,8 +6,12 @@
 ``(query [sq,b,h,d], key/value [sk,b,g,d], mask, softmax_scale, dropout_p) -> [sq,b,h,d]``.
 """
 
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.attention.core_attention import BridgeCoreAttention
 from bridge.attention.inputs import AttentionInputs, AttentionMask
 from bridge.attention.selection import BackendUnavailableError, select_backend
 
-__all__ = ["BridgeCoreAttention", "AttentionInputs", "AttentionMask", "BackendUnavailableError", "select_backend"]
+__all__ = [
+    "AttnBackend", "AttentionInputs", "AttentionMask", "BackendUnavailableError", "BridgeCoreAttention",
+    "parse_attn_backend", "select_backend",
+]

@@ -21,7 +21,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from bridge.attention import flash, fused, local
 from bridge.attention.inputs import AttentionInputs, reduced_mask
 from bridge.attention.selection import canonical, select_backend
-from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 
 _RUNNERS = {
     AttnBackend.flash: flash.flash_attention,
@@ -91,6 +91,14 @@ class BridgeCoreAttention(MegatronModule):
             self._chosen[inputs] = chosen
         return chosen
 
+    def _backend_with_bias(self) -> AttnBackend:
+        """An attention bias (T5's relative position bias) runs on ``local``, the one backend that adds it."""
+        if self.backend not in (AttnBackend.auto, AttnBackend.local):
+            raise ValueError(
+                f"{self.layer_name}: attention_backend={self.backend.value} cannot add an attention bias "
+                "(position_embedding_type=relative); use attention_backend=local or auto")
+        return AttnBackend.local
+
     def forward(
         self,
         query: torch.Tensor,
@@ -101,8 +109,6 @@ class BridgeCoreAttention(MegatronModule):
         attention_bias: Optional[torch.Tensor] = None,
         packed_seq_params=None,
     ) -> torch.Tensor:
-        if attention_bias is not None:
-            raise ValueError("bridge's core attention does not take an attention bias (relative position embeddings); use rope or learned_absolute")
         if packed_seq_params is not None:
             raise ValueError("bridge's core attention takes padding masks, not megatron PackedSeqParams; pass an attention mask instead")
         sq, b, h, d = query.shape
@@ -114,9 +120,11 @@ class BridgeCoreAttention(MegatronModule):
             device_type=query.device.type, dtype=query.dtype, head_dim=d, num_heads=h, num_kv_heads=g,
             dropout_p=dropout_p, mask_kind=mask.kind, seqlen_q=sq, seqlen_k=sk,
         )
-        backend = self.resolve(inputs)
+        backend = self._backend_with_bias() if attention_bias is not None else self.resolve(inputs)
         self.last_backend = backend
         kwargs = {"deterministic": self.deterministic} if backend == AttnBackend.flash else {}
+        if attention_bias is not None:
+            kwargs["bias"] = attention_bias
         with _dropout_rng_context(query) if dropout_p > 0 else contextlib.nullcontext():
             out = _RUNNERS[backend](query, key, value, mask, self.softmax_scale, dropout_p, **kwargs)
         return out.reshape(sq, b, h * d)

@@ -25,8 +25,12 @@ def local_attention(
     mask: AttentionMask,
     softmax_scale: float,
     dropout_p: float,
+    bias: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """query [sq, b, h, d], key/value [sk, b, g, d] with h % g == 0 -> [sq, b, h, d] in query's dtype."""
+    """query [sq, b, h, d], key/value [sk, b, g, d] with h % g == 0 -> [sq, b, h, d] in query's dtype.
+
+    ``bias`` (broadcastable to [b, h, sq, sk]) is added to the scaled scores: T5's relative position bias.
+    """
     sq, b, h, d = query.shape
     sk, g = key.shape[0], key.shape[2]
     q = query.permute(1, 2, 0, 3).float()  # (b, h, sq, d)
@@ -34,6 +38,8 @@ def local_attention(
     v = value.permute(1, 2, 0, 3).float().repeat_interleave(h // g, dim=1)  # (b, h, sk, d)
 
     scores = torch.matmul(q, k.transpose(-1, -2)) * softmax_scale  # (b, h, sq, sk)
+    if bias is not None:
+        scores = scores + bias.float()
     allowed = mask.allowed(b, sq, sk, query.device)
     if allowed is not None:
         # A finite fill keeps fully masked rows out of NaN; those rows are zeroed below.

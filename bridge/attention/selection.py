@@ -14,13 +14,14 @@ import os
 import sys
 from typing import Callable, Dict, Iterable, Optional, Tuple
 
-from bridge.attention import flash, fused, local
+from bridge.attention import flash, fused, local, measured
 from bridge.attention.inputs import AttentionInputs
-from bridge.models.backend import AttnBackend
+from bridge.attention.backend import AttnBackend
 
 logger = logging.getLogger("bridge.attention")
 
-# Fastest first: auto takes the first backend that supports the layer.
+# auto's order when nothing was measured for the inputs (measured.auto_order reorders flash and fused by the
+# committed benchmark); auto takes the first backend that supports the layer.
 AUTO_ORDER: Tuple[AttnBackend, ...] = (AttnBackend.flash, AttnBackend.fused, AttnBackend.local)
 
 ENV_SWITCHES: Dict[AttnBackend, str] = {
@@ -100,10 +101,11 @@ def select_backend(
                 f"attention_backend={requested.value} cannot run {layer}: {reason} "
                 f"({inputs.describe()}); choose another backend or auto"
             )
-        chosen, reasons = requested, {}
+        chosen, reasons, why = requested, {}, ""
     else:
         chosen, reasons = None, {}
-        for candidate in AUTO_ORDER:
+        order, why = measured.auto_order(inputs, AUTO_ORDER)
+        for candidate in order:
             reason = "excluded by use_flash_attention=False" if candidate in excluded else ruled_out_reason(candidate, inputs)
             if reason is None:
                 chosen = candidate
@@ -117,7 +119,8 @@ def select_backend(
         _ensure_debug_handler()
         how = "auto" if requested == AttnBackend.auto else "requested"
         ruled_out = "; ".join(f"{b.value} ruled out: {r}" for b, r in reasons.items())
-        message = f"{layer}: running {chosen.value} ({how})" + (f"; {ruled_out}" if ruled_out else "")
+        message = f"{layer}: running {chosen.value} ({how})" + (f"; {why}" if why else "")
+        message += f"; {ruled_out}" if ruled_out else ""
         if level >= 2:
             message += f" [inputs: {inputs.describe()}]"
         logger.info(message)

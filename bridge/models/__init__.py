@@ -6,7 +6,7 @@
     model = provider.provide()          # a megatron-core GPTModel
 """
 
-from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.models.gpt import GPTModelProvider
 from bridge.models.presets import get_preset, list_presets, register_preset
 from bridge.models.t5 import T5ModelProvider, T5StackFlags

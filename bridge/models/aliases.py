@@ -31,6 +31,7 @@ ACTIVATION_FUNCTIONS: Dict[str, Tuple[bool, Callable]] = {
     "fast_gelu": (False, fast_gelu),
     "swiglu": (True, F.silu),
     "geglu": (True, F.gelu),
+    "fast_geglu": (True, fast_gelu),
     "reglu": (True, F.relu),
 }
 """Our activation names -> (megatron-core ``gated_linear_unit``, ``activation_func``)."""

@@ -14,14 +14,14 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.models import mcore_fields
 from bridge.models.aliases import ACTIVATION_ALIASES, ACTIVATION_FUNCTIONS, CUSTOM_ACTIVATION, resolve_aliases
-from bridge.models.backend import AttnBackend, parse_attn_backend
 from bridge.models.fields import DTYPES, parse_dtype
 
 logger = logging.getLogger("bridge.models")
 
-POSITION_EMBEDDINGS = ("learned_absolute", "rope", "none")
+POSITION_EMBEDDINGS = ("learned_absolute", "rope", "relative", "none")
 _POSITION_ALIASES = {"learned": "learned_absolute", "absolute": "learned_absolute", "rotary": "rope"}
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
 ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS) + (CUSTOM_ACTIVATION,)
@@ -98,20 +98,22 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
     rotary_base: int = 10000
     """RoPE base frequency."""
     seq_len_interpolation_factor: Optional[float] = None
-    """RoPE position interpolation: positions are divided by this factor (None = off)."""
-    rope_scaling: bool = False
-    """Llama-3.1-style RoPE frequency scaling (GPT)."""
-    rope_scaling_factor: float = 8.0
-    """Factor of that scaling."""
+    """Linear RoPE position interpolation: positions are divided by this factor (None = off)."""
     normalization: str = "LayerNorm"
     """LayerNorm | RMSNorm."""
     layernorm_epsilon: float = 1e-5
     """Epsilon of the normalisation layers."""
     activation: str = "gelu"
-    """MLP activation: gelu | swiglu | geglu | reglu | relu | squared_relu | silu | quick_gelu | fast_gelu
-    (megatron-core's spelling: gated_linear_unit + activation_func; 'custom' = activation_func as given)."""
+    """MLP activation: gelu | fast_gelu (megatron-core's tanh approximation, GPT-2's gelu_new) | swiglu |
+    geglu | fast_geglu (gated fast_gelu: T5 v1.1's gated-gelu) | reglu | relu | squared_relu | silu |
+    quick_gelu. megatron-core's spelling: gated_linear_unit + activation_func ('custom' = a function of
+    your own in activation_func)."""
     add_bias_linear: bool = True
     """Biases in the linear layers (False for Llama-style models)."""
+    add_qkv_bias: bool = False
+    """Biases on the query/key/value projection even when add_bias_linear is False (Qwen2-style models)."""
+    softmax_scale: Optional[float] = None
+    """Scale of the attention scores; None = 1/sqrt(head dimension) (T5 uses 1.0)."""
     hidden_dropout: float = 0.1
     """Dropout after the attention and MLP blocks."""
     attention_dropout: float = 0.1
@@ -228,6 +230,12 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
             problems.append(
                 f"vocab_size={self.vocab_size} is not divisible by tensor_model_parallel_size="
                 f"{self.tensor_model_parallel_size}; set should_pad_vocab=True to pad the embedding table")
+        if self.seq_len_interpolation_factor is not None:
+            if self.position_embedding_type != "rope":
+                problems.append("seq_len_interpolation_factor needs position_embedding_type=rope, "
+                                f"got {self.position_embedding_type}")
+            elif self.seq_len_interpolation_factor <= 0:
+                problems.append(f"seq_len_interpolation_factor must be positive, got {self.seq_len_interpolation_factor}")
         problems.extend(self._window_problems())
         problems.extend(self._recompute_problems())
         if self.virtual_pipeline_model_parallel_size is not None:
@@ -341,6 +349,8 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
             activation_func=self.activation_func,
             gated_linear_unit=self.gated_linear_unit,
             add_bias_linear=self.add_bias_linear,
+            add_qkv_bias=self.add_qkv_bias,
+            softmax_scale=self.softmax_scale,
             init_method_std=self.init_method_std,
             tensor_model_parallel_size=self.tensor_model_parallel_size,
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,

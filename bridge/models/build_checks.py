@@ -13,7 +13,7 @@ import torch
 
 from bridge.attention.inputs import AttentionInputs
 from bridge.attention.selection import select_backend
-from bridge.models.backend import AttnBackend
+from bridge.attention.backend import AttnBackend
 from bridge.models.base import TransformerProvider
 
 

@@ -4,7 +4,8 @@ Megatron Bridge's providers have this entry point; it takes the same arguments h
 thing: a list with one module per virtual pipeline stage of this rank (one module without virtual
 pipelining), each cast to the provider's dtype (``Float16Module`` for bf16 / fp16) and wrapped for data
 parallelism: megatron-core's ``DistributedDataParallel`` on CUDA, and on the CPU (where megatron-core's
-DDP cannot allocate its buffers) bridge's all-reduce wrapper, which averages gradients the same way.
+DDP cannot allocate its buffers) PyTorch's ``DistributedDataParallel`` over megatron's data-parallel group,
+which averages gradients the same way.
 """
 
 from __future__ import annotations
@@ -102,6 +103,6 @@ def _wrap_ddp(chunk: torch.nn.Module, config, ddp_config, index: int, random_ini
         if not random_init:
             wrapped.broadcast_params()
         return wrapped
-    from bridge.training.data_parallel import AllReduceDataParallel
+    from megatron.core import parallel_state
 
-    return AllReduceDataParallel(chunk)
+    return torch.nn.parallel.DistributedDataParallel(chunk, process_group=parallel_state.get_data_parallel_group())

@@ -19,6 +19,22 @@ class GPTModelProvider(TransformerProvider):
         model = provider.provide()
     """
 
+    rope_scaling: bool = False
+    """Llama 3.1-style RoPE frequency scaling (megatron-core's: low/high frequency factors 1 and 4, original
+    context 8192); position_embedding_type must be rope."""
+    rope_scaling_factor: float = 8.0
+    """The factor of ``rope_scaling``."""
+
+    def check(self, problems: list) -> None:
+        super().check(problems)
+        if self.position_embedding_type == "relative":
+            problems.append("position_embedding_type=relative (bucketed relative position bias) is a T5 option; "
+                            "a GPT takes learned_absolute, rope or none")
+        if self.rope_scaling and self.position_embedding_type != "rope":
+            problems.append(f"rope_scaling needs position_embedding_type=rope, got {self.position_embedding_type}")
+        if self.rope_scaling_factor <= 0:
+            problems.append(f"rope_scaling_factor must be positive, got {self.rope_scaling_factor}")
+
     def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
                 vp_stage: Optional[int] = None):
         """Validate, set up parallel state if needed, and return a megatron-core ``GPTModel``.

@@ -1,4 +1,8 @@
-"""Build a megatron-core ``GPTModel`` from a :class:`GPTModelProvider`."""
+"""Build a megatron-core ``GPTModel`` from a :class:`GPTModelProvider`.
+
+The provider calls in here (``provide()``); this module takes it by its base class, so the import runs one
+way only (``gpt`` -> ``gpt_builder``).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +12,22 @@ from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage
-from bridge.models.gpt import GPTModelProvider
+from bridge.models.base import TransformerProvider
+from bridge.models.build_checks import (
+    check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
+)
 from bridge.models.layer_specs import gpt_layer_spec
 from bridge.models.parallel import ensure_model_parallel
 from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
 
 
-def gpt_transformer_config(provider: GPTModelProvider) -> TransformerConfig:
+def gpt_transformer_config(provider: TransformerProvider) -> TransformerConfig:
     return TransformerConfig(**provider.transformer_config_kwargs())
 
 
 def build_gpt_model(
-    provider: GPTModelProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
+    provider: TransformerProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
 ) -> GPTModel:
     provider.validate()

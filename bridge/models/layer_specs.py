@@ -18,7 +18,7 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 
 from bridge.attention import BridgeCoreAttention
-from bridge.models.backend import AttnBackend
+from bridge.attention.backend import AttnBackend
 
 
 class FullHeadCrossAttention(CrossAttention):

@@ -122,7 +122,8 @@ ACCEPTED_WITHOUT_EFFECT: Dict[str, str] = {
 
 OURS = frozenset({
     "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-    "hidden_dropout", "attention_dropout", "layernorm_epsilon", "normalization", "add_bias_linear",
+    "hidden_dropout", "attention_dropout", "layernorm_epsilon", "normalization", "add_bias_linear", "add_qkv_bias",
+    "softmax_scale",
     "init_method_std", "tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
     "attention_backend", "use_cpu_initialization",
 })

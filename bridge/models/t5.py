@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from bridge.models.backend import AttnBackend, parse_attn_backend
+from bridge.attention.backend import AttnBackend, parse_attn_backend
 from bridge.models.base import TransformerProvider
 from bridge.models.fields import strict_dataclass
 
@@ -40,6 +40,10 @@ class T5ModelProvider(TransformerProvider):
     """Backend of the encoder's self-attention; None = attention_backend."""
     decoder_attention_backend: Any = None
     """Backend of the decoder's self- and cross-attention; None = attention_backend."""
+    relative_attention_num_buckets: int = 32
+    """Buckets of the relative position bias (position_embedding_type=relative, as Hugging Face's T5)."""
+    relative_attention_max_distance: int = 128
+    """Distance from which relative positions share the last bucket (position_embedding_type=relative)."""
     encoder: T5StackFlags = dataclasses.field(default_factory=T5StackFlags)
     """Legacy per-stack flags of the encoder."""
     decoder: T5StackFlags = dataclasses.field(default_factory=T5StackFlags)
@@ -48,6 +52,9 @@ class T5ModelProvider(TransformerProvider):
     def check(self, problems: list) -> None:
         super().check(problems)
         self._settle_decoder_length(problems)
+        if self.relative_attention_num_buckets < 4 or self.relative_attention_max_distance <= 0:
+            problems.append("relative_attention_num_buckets must be >= 4 and relative_attention_max_distance positive, "
+                            f"got {self.relative_attention_num_buckets} and {self.relative_attention_max_distance}")
         for name in ("encoder_num_layers", "decoder_num_layers", "decoder_seq_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -85,6 +92,10 @@ class T5ModelProvider(TransformerProvider):
                 self, field_name,
                 self._resolve_legacy_flag(field_name, backend, flags.use_flash_attention, f"{stack}.use_flash_attention"),
             )
+            chosen = getattr(self, field_name)
+            if self.position_embedding_type == "relative" and chosen not in (AttnBackend.auto, AttnBackend.local):
+                raise ValueError(f"{field_name}={chosen.value} cannot add the relative position bias of "
+                                 "position_embedding_type=relative; use local or auto (which runs local for it)")
 
     def excluded_backends(self, stack: Optional[str] = None):
         """Backends a legacy ``use_flash_attention=False`` (model-wide or for ``stack``) takes out of auto."""

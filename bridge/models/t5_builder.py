@@ -1,4 +1,8 @@
-"""Build a megatron-core ``T5Model`` from a :class:`T5ModelProvider`."""
+"""Build a megatron-core ``T5Model`` from a :class:`T5ModelProvider`.
+
+The provider calls in here (``provide()``); this module takes it by its base class (reading the T5
+fields), so the import runs one way only (``t5`` -> ``t5_builder``).
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,18 @@ from megatron.core import parallel_state
 from megatron.core.models.T5 import T5Model
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage
+from bridge.models.base import TransformerProvider
+from bridge.models.build_checks import (
+    check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
+)
 from bridge.models.layer_specs import t5_block_specs
 from bridge.models.parallel import ensure_model_parallel
 from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
-from bridge.models.t5 import T5ModelProvider
 
 
 def build_t5_model(
-    provider: T5ModelProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
+    provider: TransformerProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
 ) -> T5Model:
     provider.validate()
@@ -60,13 +66,15 @@ def build_t5_model(
         seq_len_interpolation_factor=provider.seq_len_interpolation_factor,
         fp16_lm_cross_entropy=provider.fp16_lm_cross_entropy,
         parallel_output=provider.parallel_output,
+        relative_attention_num_buckets=provider.relative_attention_num_buckets,
+        relative_attention_max_distance=provider.relative_attention_max_distance,
     )
     use_rotary_base(model, provider)
     make_rope_host_compatible(model)
     return place_model(model, model.config)
 
 
-def use_rotary_base(model: T5Model, provider: T5ModelProvider) -> None:
+def use_rotary_base(model: T5Model, provider: TransformerProvider) -> None:
     """megatron-core 0.16's ``T5Model`` builds its RoPE with the default base 10000 and takes no
     ``rotary_base``; rebuild the module with the provider's base so the setting takes effect."""
     if provider.position_embedding_type != "rope" or getattr(model, "rotary_pos_emb", None) is None:

@@ -22,12 +22,13 @@ import torch
 import torch.distributed as dist
 
 from bridge.data import DatasetKind, PretrainingSampler, build_datasets, build_tokenizer
-from bridge.training.checkpointing import (load_checkpoint, load_weights, resolve_checkpoint, restore_rng,
-                                          save_checkpoint)
+from bridge.interop.hf.finetune import adopt_hf_architecture
+from bridge.training.checkpointing import load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
 from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.distributed import DistributedEnv, init_distributed, seed_everything
 from bridge.training.generation import generate
+from bridge.training.hf_checkpoints import load_pretrained
 from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
@@ -178,6 +179,7 @@ def train(run) -> TrainResult:
     precision = resolve_precision(run.train.precision, env.device)
     seed_everything(run.train.seed, env.device)
     tokenizer = build_tokenizer(run.tokenizer)
+    adopt_hf_architecture(run, tokenizer)  # checkpoint.pretrained_checkpoint=hf:<dir>: the directory decides the architecture
     _prepare_model_config(run, tokenizer, precision)
     accumulation = batch_plan(run.train, env.data_parallel_size)
     core, wrapped = _build_model(run, env, precision)
@@ -195,7 +197,7 @@ def train(run) -> TrainResult:
         step, consumed, rng_state = state.step, state.consumed_samples, state.rng_state
         logger.info("resumed from %s at step %d", state.path, step)
     elif ckpt.pretrained_checkpoint:
-        path = load_weights(ckpt.pretrained_checkpoint, core)
+        path = load_pretrained(ckpt.pretrained_checkpoint, core, run.model)
         logger.info("loaded pretrained weights from %s", path)
     # Weights, optimizer state and RNG are restored; the loop continues with the data the sampler dictates.
 

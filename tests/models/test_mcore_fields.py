@@ -286,6 +286,7 @@ def test_provide_distributed_model_on_cpu():
     chunks = provider.provide_distributed_model(ddp_config=DistributedDataParallelConfig(), bf16=True,
                                                 post_wrap_hook=lambda m: m)
     assert len(chunks) == 1 and provider.dtype == "bf16"
+    assert isinstance(chunks[0], torch.nn.parallel.DistributedDataParallel)  # megatron-core's DDP needs CUDA
     module = chunks[0].module
     assert type(module).__name__ == "Float16Module"
     assert next(module.parameters()).dtype == torch.bfloat16

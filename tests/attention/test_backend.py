@@ -1,6 +1,7 @@
 import pytest
 from megatron.core.transformer.enums import AttnBackend as MegatronAttnBackend
 
+import bridge.attention
 from bridge.models import AttnBackend, parse_attn_backend
 
 SPELLINGS = [
@@ -42,3 +43,8 @@ def test_invalid_backend_lists_valid_values(value):
 
 def test_enum_prints_as_its_value():
     assert f"{AttnBackend.flash}" == "flash"
+
+
+def test_the_enum_lives_in_attention_and_models_re_exports_it():
+    assert AttnBackend is bridge.attention.AttnBackend
+    assert AttnBackend.__module__ == "bridge.attention.backend"

@@ -1,0 +1,1 @@
+"""Moving models between bridge and other ecosystems (``bridge.interop.hf``: Hugging Face checkpoints)."""

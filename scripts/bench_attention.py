@@ -1,4 +1,4 @@
-"""Benchmark the in-repo flash kernel against PyTorch SDPA's backends on the KERNEL.md configurations.
+"""Benchmark the in-repo flash kernel against PyTorch SDPA's backends on a fixed set of attention shapes.
 
 Backends, all timed in one process so the ratios are what counts:
   bridge          this repository's kernel (bridge.kernels.flash_attn_func), [b, s, h, d]
@@ -41,7 +41,7 @@ from bridge.kernels import flash_attn_func, unavailable_reason  # noqa: E402
 
 @dataclass(frozen=True)
 class Config:
-    """One attention shape (KERNEL.md table); s_q = s_k = s."""
+    """One attention shape; s_q = s_k = s."""
 
     name: str
     b: int

@@ -11,28 +11,28 @@ SOURCE = 'benchmarks/results/backend_speed.json'
 
 # (arch, head dim, mask, min length, faster backend, fwd+bwd TFLOP/s ratio faster / slower)
 ROWS = (
-    ('sm90', 64, 'none', 0, 'fused', 1.41),  # flash 221.7, fused 312.2 TFLOP/s
-    ('sm90', 64, 'none', 1024, 'fused', 1.45),  # flash 266.6, fused 386.4 TFLOP/s
-    ('sm90', 64, 'none', 2048, 'fused', 1.38),  # flash 297.4, fused 411.4 TFLOP/s
-    ('sm90', 64, 'none', 4096, 'fused', 1.36),  # flash 317.4, fused 432.2 TFLOP/s
-    ('sm90', 64, 'none', 8192, 'fused', 1.36),  # flash 326.0, fused 444.5 TFLOP/s
-    ('sm90', 64, 'none', 16384, 'fused', 1.37),  # flash 330.3, fused 451.1 TFLOP/s
-    ('sm90', 64, 'causal', 0, 'fused', 1.38),  # flash 137.7, fused 190.4 TFLOP/s
-    ('sm90', 64, 'causal', 1024, 'fused', 1.4),  # flash 195.7, fused 273.1 TFLOP/s
-    ('sm90', 64, 'causal', 2048, 'fused', 1.33),  # flash 251.3, fused 334.1 TFLOP/s
-    ('sm90', 64, 'causal', 4096, 'fused', 1.35),  # flash 286.0, fused 385.4 TFLOP/s
-    ('sm90', 64, 'causal', 8192, 'fused', 1.32),  # flash 312.3, fused 411.4 TFLOP/s
-    ('sm90', 64, 'causal', 16384, 'fused', 1.34),  # flash 322.4, fused 432.0 TFLOP/s
-    ('sm90', 128, 'none', 0, 'fused', 1.37),  # flash 279.3, fused 382.1 TFLOP/s
-    ('sm90', 128, 'none', 1024, 'fused', 1.34),  # flash 361.0, fused 482.7 TFLOP/s
-    ('sm90', 128, 'none', 2048, 'fused', 1.26),  # flash 399.8, fused 504.9 TFLOP/s
-    ('sm90', 128, 'none', 4096, 'fused', 1.27),  # flash 417.4, fused 531.1 TFLOP/s
-    ('sm90', 128, 'none', 8192, 'fused', 1.27),  # flash 432.6, fused 548.5 TFLOP/s
-    ('sm90', 128, 'none', 16384, 'fused', 1.27),  # flash 437.3, fused 554.3 TFLOP/s
-    ('sm90', 128, 'causal', 0, 'fused', 1.4),  # flash 172.1, fused 240.8 TFLOP/s
-    ('sm90', 128, 'causal', 1024, 'fused', 1.32),  # flash 264.1, fused 348.6 TFLOP/s
-    ('sm90', 128, 'causal', 2048, 'fused', 1.34),  # flash 326.9, fused 439.5 TFLOP/s
-    ('sm90', 128, 'causal', 4096, 'fused', 1.37),  # flash 371.4, fused 508.0 TFLOP/s
-    ('sm90', 128, 'causal', 8192, 'fused', 1.25),  # flash 402.5, fused 501.9 TFLOP/s
-    ('sm90', 128, 'causal', 16384, 'fused', 1.23),  # flash 436.7, fused 537.0 TFLOP/s
+    ('sm90', 64, 'none', 0, 'fused', 1.36),  # flash 226.6, fused 309.2 TFLOP/s
+    ('sm90', 64, 'none', 1024, 'fused', 1.45),  # flash 268.6, fused 389.1 TFLOP/s
+    ('sm90', 64, 'none', 2048, 'fused', 1.4),  # flash 297.8, fused 415.8 TFLOP/s
+    ('sm90', 64, 'none', 4096, 'fused', 1.4),  # flash 315.2, fused 439.9 TFLOP/s
+    ('sm90', 64, 'none', 8192, 'fused', 1.38),  # flash 327.2, fused 452.1 TFLOP/s
+    ('sm90', 64, 'none', 16384, 'fused', 1.37),  # flash 334.4, fused 457.0 TFLOP/s
+    ('sm90', 64, 'causal', 0, 'fused', 1.4),  # flash 135.0, fused 188.8 TFLOP/s
+    ('sm90', 64, 'causal', 1024, 'fused', 1.39),  # flash 195.1, fused 271.8 TFLOP/s
+    ('sm90', 64, 'causal', 2048, 'fused', 1.37),  # flash 249.5, fused 342.4 TFLOP/s
+    ('sm90', 64, 'causal', 4096, 'fused', 1.38),  # flash 283.0, fused 390.4 TFLOP/s
+    ('sm90', 64, 'causal', 8192, 'fused', 1.34),  # flash 308.8, fused 415.1 TFLOP/s
+    ('sm90', 64, 'causal', 16384, 'fused', 1.31),  # flash 328.4, fused 429.8 TFLOP/s
+    ('sm90', 128, 'none', 0, 'fused', 1.33),  # flash 286.7, fused 381.0 TFLOP/s
+    ('sm90', 128, 'none', 1024, 'fused', 1.31),  # flash 371.8, fused 486.2 TFLOP/s
+    ('sm90', 128, 'none', 2048, 'fused', 1.21),  # flash 419.7, fused 508.9 TFLOP/s
+    ('sm90', 128, 'none', 4096, 'fused', 1.2),  # flash 451.2, fused 541.6 TFLOP/s
+    ('sm90', 128, 'none', 8192, 'fused', 1.19),  # flash 471.3, fused 559.1 TFLOP/s
+    ('sm90', 128, 'none', 16384, 'fused', 1.18),  # flash 477.6, fused 562.0 TFLOP/s
+    ('sm90', 128, 'causal', 0, 'fused', 1.32),  # flash 182.4, fused 240.4 TFLOP/s
+    ('sm90', 128, 'causal', 1024, 'fused', 1.29),  # flash 270.7, fused 349.5 TFLOP/s
+    ('sm90', 128, 'causal', 2048, 'fused', 1.26),  # flash 351.9, fused 441.7 TFLOP/s
+    ('sm90', 128, 'causal', 4096, 'fused', 1.22),  # flash 393.4, fused 480.7 TFLOP/s
+    ('sm90', 128, 'causal', 8192, 'fused', 1.18),  # flash 434.7, fused 511.6 TFLOP/s
+    ('sm90', 128, 'causal', 16384, 'fused', 1.15),  # flash 470.9, fused 542.5 TFLOP/s
 )

@@ -104,6 +104,12 @@ class Tokenizer:
         """Text of ``ids``; pad/bos/eos are dropped, sentinels appear as ``<extra_id_N>``."""
         raise NotImplementedError
 
+    @property
+    def text_vocab_size(self) -> int:
+        """Ids ``encode`` can return and a GPT needs rows for: ``vocab_size`` less the sentinel ids appended
+        past a file tokenizer's own vocabulary (only T5 span corruption uses those)."""
+        return getattr(self, "_base_vocab_size", self.vocab_size)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 

@@ -201,11 +201,3 @@ def _show(value: Any) -> str:
         return function_path(value)
     return repr(value)
 
-
-def dtype_from_mcore_fields(fields: Dict[str, Any]) -> Optional[str]:
-    """The dtype that megatron-core's spelling in a plain mapping (``bf16`` / ``fp16`` / ``params_dtype``) sets,
-    or None when it sets none (all absent or at their defaults)."""
-    bf16, fp16, params = bool(fields.get("bf16")), bool(fields.get("fp16")), fields.get("params_dtype")
-    if not (bf16 or fp16 or params is not None):
-        return None
-    return _dtype_from_flags(bf16, fp16, DTYPES[parse_dtype(params, "params_dtype")] if params is not None else None)

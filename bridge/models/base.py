@@ -83,7 +83,10 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
     kv_channels: Optional[int] = None
     """Head dimension; None = hidden_size / num_attention_heads."""
     seq_length: int = 1024
-    """Maximum sequence length (learned position embeddings have this many rows)."""
+    """Tokens per sample (T5: encoder tokens): the datasets cut samples to this length, and throughput counts it."""
+    max_position_embeddings: Optional[int] = None
+    """Positions the model can address (learned position embeddings have this many rows); None = seq_length.
+    A model imported from Hugging Face keeps its context length here while seq_length is the run's."""
     vocab_size: Optional[int] = None
     """Tokenizer vocabulary size; the recipes fill it in from the tokenizer."""
     should_pad_vocab: bool = False
@@ -203,6 +206,12 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
         for name in ("num_layers", "hidden_size", "seq_length", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_position_embeddings is not None and (
+                self.max_position_embeddings <= 0 or (self.position_embedding_type == "learned_absolute"
+                                                      and self.seq_length > self.max_position_embeddings)):
+            problems.append(f"seq_length={self.seq_length} needs that many learned positions but "
+                            f"max_position_embeddings={self.max_position_embeddings}; shorten seq_length or leave "
+                            "max_position_embeddings null")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -310,6 +319,11 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[parse_dtype(self.dtype)]
+
+    @property
+    def resolved_max_positions(self) -> int:
+        """Positions the model addresses: ``max_position_embeddings``, or ``seq_length`` when that is None."""
+        return self.max_position_embeddings or self.seq_length
 
     @property
     def padded_vocab_size(self) -> int:

@@ -2,7 +2,7 @@
 
 An explicit backend that cannot run on this machine (no GPU for ``fused``, fp32 or dropout for ``flash``,
 an environment switch that disables it) is reported when ``provide()`` is called, not from deep inside the
-first forward pass. The same rules decide again at run time, on the real tensors.
+first forward pass. The decision itself belongs to each layer's ``LayerBackend`` (bridge.attention.selection).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 
 from bridge.attention.inputs import AttentionInputs
-from bridge.attention.selection import select_backend
+from bridge.attention.selection import LayerBackend
 from bridge.attention.backend import AttnBackend
 from bridge.models.base import TransformerProvider
 
@@ -20,9 +20,10 @@ from bridge.models.base import TransformerProvider
 def check_backend_for_this_machine(
     provider: TransformerProvider, backend: AttnBackend, stack: str, exclude: Iterable[AttnBackend] = ()
 ) -> None:
-    """Raise a readable error if an explicit ``backend`` cannot run ``provider``'s attention here."""
-    if backend == AttnBackend.auto:
-        return
+    """Raise a readable error if an explicit ``backend`` cannot run ``provider``'s attention here.
+
+    The layers' own :class:`LayerBackend` makes the decision (per input signature, at the first forward);
+    this asks it the same question for the signature known before any tensor exists."""
     tp = provider.tensor_model_parallel_size
     groups = provider.num_query_groups or provider.num_attention_heads
     inputs = AttentionInputs(
@@ -33,7 +34,7 @@ def check_backend_for_this_machine(
         num_kv_heads=max(1, groups // tp),
         dropout_p=provider.attention_dropout,
     )
-    select_backend(backend, inputs, f"the {stack} attention layers", exclude, log=False)
+    LayerBackend(backend, exclude).check_request(inputs, f"the {stack} attention layers")
 
 
 def check_layer_norm_support(provider: TransformerProvider) -> None:

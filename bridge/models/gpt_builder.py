@@ -50,7 +50,7 @@ def build_gpt_model(
             qk_layernorm=provider.qk_layernorm,
         ),
         vocab_size=vocab,
-        max_sequence_length=provider.seq_length,
+        max_sequence_length=provider.resolved_max_positions,
         pre_process=pre_process,
         post_process=post_process,
         share_embeddings_and_output_weights=provider.share_embeddings_and_output_weights,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Type, Union
 
+from bridge.models.family import family_of_provider
 from bridge.models.gpt import GPTModelProvider
 from bridge.models.t5 import T5ModelProvider
 
@@ -24,7 +25,7 @@ class Preset:
 
     @property
     def family(self) -> str:
-        return "t5" if self.provider_cls is T5ModelProvider else "gpt"
+        return family_of_provider(self.provider_cls).name
 
 
 _REGISTRY: Dict[str, Preset] = {}

@@ -57,7 +57,7 @@ def build_t5_model(
         transformer_encoder_layer_spec=encoder_spec,
         transformer_decoder_layer_spec=decoder_spec,
         vocab_size=vocab,
-        max_sequence_length=max(provider.seq_length, provider.resolved_decoder_seq_length),
+        max_sequence_length=max(provider.resolved_max_positions, provider.resolved_decoder_seq_length),
         pre_process=parallel_state.is_pipeline_first_stage() if pre_process is None else pre_process,
         post_process=parallel_state.is_pipeline_last_stage() if post_process is None else post_process,
         share_embeddings_and_output_weights=provider.share_embeddings_and_output_weights,

@@ -6,7 +6,7 @@ Each fast backend is compared with ``local`` (the float32 reference) on the same
 import pytest
 import torch
 
-from bridge.attention import BridgeCoreAttention, flash
+from bridge.attention import BridgeCoreAttention, measured, selection
 from bridge.attention.fused import fused_attention
 from bridge.attention.inputs import AttentionInputs, AttentionMask
 from bridge.attention.local import local_attention
@@ -79,13 +79,14 @@ def test_t5_backend_matches_local_with_padding_and_cross_attention(backend):
     torch.testing.assert_close(losses[backend], losses["local"], atol=3e-2, rtol=3e-2)
 
 
-def test_auto_prefers_flash_then_fused_on_gpu():
+def test_auto_runs_the_measured_faster_backend_on_gpu():
     model = build(GPTModelProvider, "auto", num_layers=1, hidden_size=256, num_attention_heads=4, seq_length=64)
     tokens = torch.randint(0, VOCAB, (1, 64), device="cuda")
     model(tokens, torch.arange(64, device="cuda")[None], None)
     (module,) = attention_modules(model)
     inputs = AttentionInputs("cuda", torch.bfloat16, 64, 4, 4, 0.0, "causal", 64, 64)
-    expected = AttnBackend.flash if flash.unsupported_reason(inputs) is None else AttnBackend.fused
+    order, _ = measured.auto_order(inputs, selection.AUTO_ORDER)  # the speed table's order for this GPU
+    expected = next(b for b in order if selection.ruled_out_reason(b, inputs) is None)
     assert module.last_backend is expected
 
 

@@ -1,6 +1,6 @@
 """Plain-PyTorch attention references and tolerance helpers shared by the flash-kernel tests and benchmark.
 
-The practice (KERNEL.md): compare the kernel against an fp32 reference computed from the *same* rounded
+The practice of the best kernel test suites: compare the kernel against an fp32 reference computed from the *same* rounded
 16-bit inputs, and accept an error up to a multiple of PyTorch's own error when it runs the same attention in
 the 16-bit dtype. Nothing here needs a GPU.
 """

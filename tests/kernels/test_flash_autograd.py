@@ -1,7 +1,7 @@
 """End-to-end gradient tests of the flash kernel through ``flash_attn_func`` / ``flash_attn_varlen_func`` autograd.
 
 Gradients of the kernel (forward + backward) must be within 3x PyTorch's own error when it runs the same
-attention in the 16-bit dtype, both measured against fp32 autograd on the same rounded inputs (KERNEL.md).
+attention in the 16-bit dtype, both measured against fp32 autograd on the same rounded inputs.
 The deterministic backward must give bit-identical gradients over repeated runs.
 """
 

@@ -2,7 +2,7 @@
 
 The forward output and log-sum-exp come from an fp32 PyTorch reference, so these tests do not depend on the
 forward kernel. Gradients must be within 3x of PyTorch's own error when it runs the same attention in the
-input's 16-bit dtype (both measured against fp32 autograd on the same rounded inputs), as KERNEL.md asks.
+input's 16-bit dtype (both measured against fp32 autograd on the same rounded inputs).
 
 Run ``python tests/kernels/test_flash_bwd.py --bench`` on the GPU machine to time the backward against
 PyTorch SDPA's FlashAttention-2 backward, and
@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 
-# (s_q, s_k) pairs from KERNEL.md
+# (s_q, s_k) pairs: ragged tiles, s_q != s_k both ways, single rows and columns
 SEQLEN_PAIRS = [(1, 1), (113, 203), (128, 217), (239, 1), (799, 3), (1023, 1024), (1024, 1023), (4096, 4096),
                 (4224, 4224)]
 
@@ -251,7 +251,7 @@ def test_bad_arguments_raise_readable_errors():
 
 # ---- timing against SDPA's FlashAttention-2 backward (python tests/kernels/test_flash_bwd.py --bench) -------
 
-BENCH_CONFIGS = [  # (b, h, h_kv, d, s, causal), KERNEL.md's configurations
+BENCH_CONFIGS = [  # (b, h, h_kv, d, s, causal), docs/kernel.md's configurations
     (2, 16, 16, 64, 512, False), (2, 16, 16, 128, 2048, True), (2, 32, 4, 128, 8192, True),
     (8, 32, 32, 64, 2048, False), (8, 32, 32, 64, 2048, True), (1, 32, 32, 64, 16384, True),
     (8, 16, 16, 128, 2048, False), (2, 16, 16, 128, 8192, True), (1, 16, 16, 128, 16384, False),
@@ -273,7 +273,7 @@ def _median_ms(fn, reps=20):
 
 
 def bench() -> None:
-    """Backward TFLOP/s of this kernel and of SDPA's FA2 backend on the KERNEL.md configurations."""
+    """Backward TFLOP/s of this kernel and of SDPA's FA2 backend on the docs/kernel.md configurations."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     ops = _ops()

@@ -2,7 +2,7 @@
 
 Each case draws fresh random inputs, poisons the allocator with NaN (so unwritten outputs show), and compares
 the kernel's output and log-sum-exp with an fp32 reference from the same rounded inputs: the output must be
-within 2x PyTorch's own error when it runs the same attention in the 16-bit dtype (KERNEL.md).
+within 2x PyTorch's own error when it runs the same attention in the 16-bit dtype.
 """
 
 from __future__ import annotations

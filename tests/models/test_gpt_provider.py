@@ -185,3 +185,13 @@ def test_tiny_preset_trains_one_step():
     loss = model(tokens, torch.arange(32, device=tokens.device).expand(2, 32), None, labels=tokens).mean()
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_positions_can_exceed_the_sample_length():
+    """seq_length is the samples' length; max_position_embeddings the rows of the learned position table."""
+    model = tiny(max_position_embeddings=48).provide()
+    assert model.embedding.position_embeddings.weight.shape[0] == 48
+    assert tiny().provide().embedding.position_embeddings.weight.shape[0] == 32
+    with pytest.raises(ValueError, match="seq_length=64 needs that many learned positions but max_position_embeddings=48"):
+        tiny(seq_length=64, max_position_embeddings=48)
+    assert tiny(seq_length=64, max_position_embeddings=48, position_embedding_type="rope").seq_length == 64

@@ -9,7 +9,9 @@
 //   warpgroups 1, 2 (consumers): 64 keys each. The scores are computed transposed, S^T = K Q^T, so the
 //     probabilities P^T and dS^T come out of the accumulators already in the A-operand layout of
 //     dV += P^T dO and dK += dS^T Q (wgmma with A from registers). dS is written to shared memory
-//     (stmatrix, transposed back) for dQ = dS K, which is reduced into the fp32 accumulator in global memory.
+//     (stmatrix, transposed back) for dQ = dS K, which is reduced into the fp32 accumulator in global memory
+//     one tile late: parked in shared memory, then added with 16-byte reductions while the tensor cores
+//     compute the next tile's S and dP.
 // dQ's product: d = 128 splits dQ's columns between the two consumers (each sums over all 128 keys, so they
 // meet at a named barrier once both halves of dS are in shared memory); d = 64 gives each consumer its own
 // 64 keys and the two partial sums both go to the accumulator.
@@ -26,9 +28,12 @@
 namespace bridge_flash {
 namespace sm90 {
 
-// Tuning knob for experiments only (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS through).
+// Tuning knobs for experiments only (build.py passes $BRIDGE_FLASH_EXTRA_CFLAGS through).
 #ifndef BRIDGE_BWD_SM90_BLOCKM_D64
 #define BRIDGE_BWD_SM90_BLOCKM_D64 64
+#endif
+#ifndef BRIDGE_BWD_SM90_STAGES_D64  // depth of the Q/dO ring at d = 64 (d = 128 has shared memory for 2)
+#define BRIDGE_BWD_SM90_STAGES_D64 2
 #endif
 
 template <typename T, int D>
@@ -39,7 +44,7 @@ struct BwdConfig {
     // 128 queries (no dQ split between the consumers) measured 7-20% slower than 64 on the H100.
     static constexpr int kBlockM = D == 64 ? BRIDGE_BWD_SM90_BLOCKM_D64 : 64;
     static constexpr int kDqRowBlocks = kBlockM / 64;  // m64 wgmma row blocks of dQ
-    static constexpr int kStages = 2;
+    static constexpr int kStages = D == 64 ? BRIDGE_BWD_SM90_STAGES_D64 : 2;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     static constexpr bool kSplitDqCols = D == 128;   // else each consumer sums dQ over its own keys
     static constexpr int kDqKeys = kSplitDqCols ? kBlockN : 64;
@@ -53,7 +58,10 @@ struct BwdConfig {
     static constexpr int kOffDS = kOffDO + kStages * kQBytes;
     static constexpr int kOffLse = kOffDS + 2 * kDSBytes;
     static constexpr int kOffDsum = kOffLse + kStages * kBlockM * 4;
-    static constexpr int kOffBar = kOffDsum + kStages * kBlockM * 4;
+    // dQ parking: per consumer warp, its 16 rows of each m64 row block of dQ, 64 fp32 columns (4 KB swizzled)
+    static constexpr int kOffDq = kOffDsum + kStages * kBlockM * 4;
+    static constexpr int kDqWarpFloats = kDqRowBlocks * 16 * 64;
+    static constexpr int kOffBar = kOffDq + 4 * kConsumers * kDqWarpFloats * 4;
     static constexpr int kSmemBytes = kOffBar + 128 + 1024;
     static constexpr int kProducerRegs = 40;
     static constexpr int kConsumerRegs = 232;
@@ -64,8 +72,33 @@ struct BwdKernelParams {
     CUtensorMap tma_q, tma_k, tma_v, tma_do;
 };
 
-__device__ __forceinline__ void red_add_v2(float* addr, float a, float b) {
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(addr), "f"(a), "f"(b) : "memory");
+__device__ __forceinline__ void red_add_v4(float* addr, float4 v) {
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "f"(v.x), "f"(v.y), "f"(v.z),
+                 "f"(v.w)
+                 : "memory");
+}
+
+// A warp's parked dQ tile: rows r = 0..15 (+ 16 * row block) of 64 floats; the 16-byte chunk k of row r sits
+// at chunk position k ^ (r & 7), so the fragment stores (8 rows per instruction) hit distinct banks.
+__device__ __forceinline__ int dq_park_offset(int r, int k) { return r * 64 + ((k ^ (r & 7)) << 2); }
+
+// Reduce one warp's parked dQ tile into the accumulator: lanes 0-15 and 16-31 each take a 256-byte row, so
+// each reduction is 16 bytes and a warp covers two whole rows per instruction.
+template <int kRowBlocks>
+__device__ __forceinline__ void flush_parked_dq(const float* park, float* acc, int64_t row_step, int row0, int sq,
+                                                int lane) {
+    __syncwarp();  // every lane's fragment is parked
+#pragma unroll
+    for (int rb = 0; rb < kRowBlocks; ++rb)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const int r = 2 * i + lane / 16, k = lane % 16;
+            const int row = row0 + 64 * rb + r;
+            if (row < sq) {
+                const float4 v = *reinterpret_cast<const float4*>(park + rb * 16 * 64 + dq_park_offset(r, k));
+                red_add_v4(acc + row * row_step + 4 * k, v);
+            }
+        }
 }
 
 template <typename T, int D>
@@ -188,6 +221,15 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
 
     const uint32_t k_addr = smem_addr(sK) + 64 * c * 128;  // this consumer's 64 key rows (K-major A operand)
     const uint32_t v_addr = smem_addr(sV) + 64 * c * 128;
+    // dQ partials go to the fp32 accumulator [rows, h, D] one tile late: each warp parks its fragment in
+    // shared memory and reduces it while the tensor cores compute the next tile's S and dP.
+    const int64_t row_step = static_cast<int64_t>(p.h) * D;
+    const int dq_col0 = C::kSplitDqCols ? 64 * c : 0;
+    auto dq_acc = [&](int head) {
+        return p.dq_accum + (bwd::accum_row(varlen, bi, q_start, p.seqlen_q, 0) * p.h + head) * D + dq_col0;
+    };
+    float* dq_park = reinterpret_cast<float*>(smem + C::kOffDq) + (4 * c + warp) * C::kDqWarpFloats;
+    int parked_m0 = 0, parked_hq = 0;  // the query tile whose dQ is parked
     if (n_iters > 0) mbar_wait(bar_kv, 0);
     for (int it = 0; it < n_iters; ++it) {
         const int hq = hk * group + it / n_m;
@@ -206,6 +248,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         wgmma_commit();
         gemm_ss_k_major<T, C::kBlockM, D>(dpacc, v_addr, C::kBlockN, do_addr, C::kBlockM);
         wgmma_commit();
+        if (it > 0)
+            flush_parked_dq<C::kDqRowBlocks>(dq_park, dq_acc(parked_hq), row_step, parked_m0 + 16 * warp, sq, lane);
         wgmma_wait<1>();
         fence_regs(sacc);
 
@@ -308,25 +352,22 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(bar_empty + s);
 
-        // Reduce dQ into the fp32 accumulator [rows, h, D].
-        {
-            const int col0 = C::kSplitDqCols ? 64 * c : 0;
-            const int row_lo = m0 + 16 * warp + g;  // + 64 * rb
-            float* acc = p.dq_accum + (bwd::accum_row(varlen, bi, q_start, p.seqlen_q, 0) * p.h + hq) * D + col0 + 2 * t;
-            const int64_t row_step = static_cast<int64_t>(p.h) * D;
+        __syncwarp();  // the previous tile's parked dQ has been read by every lane
 #pragma unroll
-            for (int rb = 0; rb < C::kDqRowBlocks; ++rb)
+        for (int rb = 0; rb < C::kDqRowBlocks; ++rb)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int row = row_lo + 64 * rb + 8 * hh;
-                    if (row < sq) {
+            for (int hh = 0; hh < 2; ++hh)
 #pragma unroll
-                        for (int j = 0; j < 8; ++j)
-                            red_add_v2(acc + row * row_step + 8 * j, dq[rb][4 * j + 2 * hh], dq[rb][4 * j + 2 * hh + 1]);
-                    }
+                for (int j = 0; j < 8; ++j) {
+                    const int r = g + 8 * hh;
+                    *reinterpret_cast<float2*>(dq_park + rb * 16 * 64 + dq_park_offset(r, 2 * j + t / 2) + 2 * (t & 1)) =
+                        make_float2(dq[rb][4 * j + 2 * hh], dq[rb][4 * j + 2 * hh + 1]);
                 }
-        }
+        parked_m0 = m0;
+        parked_hq = hq;
     }
+    if (n_iters > 0)
+        flush_parked_dq<C::kDqRowBlocks>(dq_park, dq_acc(parked_hq), row_step, parked_m0 + 16 * warp, sq, lane);
 
     // ---- epilogue: dK = scale * dS^T Q, dV; this consumer's 64 keys ----
     T* dk_out = static_cast<T*>(p.dk) + (varlen ? k_start * p.dk_row_stride : bi * p.dk_batch_stride) + hk * p.dk_head_stride;

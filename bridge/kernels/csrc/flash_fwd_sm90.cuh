@@ -7,8 +7,10 @@
 //     away (setmaxnreg) to the consumers.
 //   warpgroups 1, 2 (consumers): 64 query rows each. Per key tile: S = Q K^T (wgmma, both operands in
 //     shared memory), online softmax in registers, O += P V (wgmma with P straight from registers), then
-//     release the stage. The two consumers are not kept in lock step, so one's softmax overlaps the other's
-//     GEMMs.
+//     release the stage. Within a warpgroup the tiles are pipelined: S_{j+1} is issued together with
+//     P_j V_j, and the softmax of tile j+1 runs while P_j V_j is still on the tensor cores (only the O
+//     rescale waits for it). The consumers are not kept in lock step either, so one's softmax also overlaps
+//     the other's GEMMs.
 // Key tiles are walked from the last one down: with a causal mask the tiles that need masking come first
 // and the rest run without mask checks.
 #pragma once
@@ -28,6 +30,9 @@ namespace sm90 {
 #ifndef BRIDGE_FWD_SM90_CONSUMERS_D64
 #define BRIDGE_FWD_SM90_CONSUMERS_D64 3
 #endif
+#ifndef BRIDGE_FWD_SM90_STAGES  // depth of the K/V ring
+#define BRIDGE_FWD_SM90_STAGES 2
+#endif
 
 template <typename T, int D>
 struct FwdConfig {
@@ -36,12 +41,12 @@ struct FwdConfig {
     static constexpr int kConsumers = D == 64 ? BRIDGE_FWD_SM90_CONSUMERS_D64 : 2;
     static constexpr int kBlockM = 64 * kConsumers;      // query rows per CTA
     static constexpr int kBlockN = 128;                  // keys per tile
-    static constexpr int kStages = 2;
+    static constexpr int kStages = BRIDGE_FWD_SM90_STAGES;
     static constexpr int kThreads = 128 * (kConsumers + 1);
     static constexpr int kQBytes = kBlockM * D * 2;
     static constexpr int kKVBytes = kBlockN * D * 2;
     static constexpr int kBarOffset = kQBytes + 2 * kStages * kKVBytes;
-    static constexpr int kSmemBytes = kBarOffset + 64 + 1024;  // barriers, then slack to align the base to 1024
+    static constexpr int kSmemBytes = kBarOffset + 8 * (1 + 4 * kStages) + 1024;  // barriers, slack to align the base
     static constexpr int kProducerRegs = 24;
     // 65536 registers per SM: 128 * 24 + kConsumers * 128 * kConsumerRegs must fit.
     static constexpr int kConsumerRegs = kConsumers == 3 ? 160 : 240;
@@ -148,24 +153,13 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
 
     const uint32_t q_addr = smem_addr(sQ) + 64 * c * 128;
     if (n_blocks > 0) mbar_wait(bar_q, 0);
-    for (int it = 0; it < n_blocks; ++it) {
-        const int n = n_blocks - 1 - it, s = it % C::kStages;
-        const uint32_t phase = (it / C::kStages) & 1;
+    float sacc[C::kBlockN / 2];
+    uint32_t pa[C::kBlockN / 16][4];
+    float corr[2];
+    // Mask (tiles crossing the end or the diagonal), then the online softmax of tile n held in sacc: new row
+    // maxima, corr = the factor O must be rescaled by, P = exp in place, running sums.
+    auto softmax_tile = [&](int n) {
         const int col0 = n * C::kBlockN;
-
-        // S = Q K^T
-        float sacc[C::kBlockN / 2];
-        mbar_wait(bar_k_full + s, phase);
-        const uint32_t k_addr = smem_addr(sK(s));
-        wgmma_fence();
-        gemm_ss_k_major<T, C::kBlockN, D>(sacc, q_addr, C::kBlockM, k_addr, C::kBlockN);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(sacc);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(bar_k_empty + s);
-
-        // Mask only the tiles that cross the sequence end or the causal diagonal.
         const bool crosses_end = col0 + C::kBlockN > sk;
         const bool crosses_diag = p.is_causal && col0 + C::kBlockN - 1 > m0 + causal_offset;
         if (crosses_end || crosses_diag) {
@@ -178,8 +172,6 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
                     if (col >= sk || (p.is_causal && col > row + causal_offset)) sacc[4 * j + e] = -INFINITY;
                 }
         }
-
-        // Online softmax; P packed into wgmma A fragments (the accumulator layout is the A layout).
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
             float mx = row_max[hh];
@@ -187,7 +179,7 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
             for (int j = 0; j < C::kBlockN / 8; ++j) mx = fmaxf(mx, fmaxf(sacc[4 * j + 2 * hh], sacc[4 * j + 2 * hh + 1]));
             mx = quad_max(mx);
             const float m_scaled = mx == -INFINITY ? 0.f : mx * scale_log2;
-            const float corr = exp2f(row_max[hh] * scale_log2 - m_scaled);
+            corr[hh] = exp2f(row_max[hh] * scale_log2 - m_scaled);
             row_max[hh] = mx;
             float sum = 0.f;
 #pragma unroll
@@ -198,34 +190,74 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
                     sacc[4 * j + 2 * hh + e] = x;
                     sum += x;
                 }
-            row_sum[hh] = row_sum[hh] * corr + sum;
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j) {
-                o[4 * j + 2 * hh] *= corr;
-                o[4 * j + 2 * hh + 1] *= corr;
-            }
+            row_sum[hh] = row_sum[hh] * corr[hh] + sum;
         }
-        uint32_t pa[C::kBlockN / 16][4];
+    };
+    // O *= corr, and P into wgmma A fragments (only once the previous O += P V has finished with both).
+    auto rescale_and_pack = [&]() {
+#pragma unroll
+        for (int j = 0; j < D / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[4 * j + e] *= corr[e / 2];
 #pragma unroll
         for (int ks = 0; ks < C::kBlockN / 16; ++ks)
 #pragma unroll
             for (int i = 0; i < 4; ++i) pa[ks][i] = ElemTraits<T>::pack(sacc[8 * ks + 2 * i], sacc[8 * ks + 2 * i + 1]);
-
-        // O += P V (V is N-major: rows are keys, 64-column blocks of the head dim LBO apart).
-        mbar_wait(bar_v_full + s, phase);
-        const uint32_t v_addr = smem_addr(sV(s));
-        wgmma_fence();
+    };
+    auto issue_s = [&](int stage) {
         fence_regs(o);
+        wgmma_fence();
+        gemm_ss_k_major<T, C::kBlockN, D>(sacc, q_addr, C::kBlockM, smem_addr(sK(stage)), C::kBlockN);
+        wgmma_commit();
+    };
+    auto issue_pv = [&](int stage) {
 #pragma unroll
         for (int ks = 0; ks < C::kBlockN / 16; ++ks) {
-            const uint64_t db = make_desc(v_addr + ks * 16 * 128, C::kBlockN * 128, 1024);
+            const uint64_t db = make_desc(smem_addr(sV(stage)) + ks * 16 * 128, C::kBlockN * 128, 1024);
             Wgmma<T, D, 1>::rs(o, pa[ks], db, 1);
         }
         wgmma_commit();
+    };
+    if (n_blocks > 0) {
+        mbar_wait(bar_k_full, 0);
+        issue_s(0);
+        wgmma_wait<0>();
+        fence_regs(sacc);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_k_empty);
+        softmax_tile(n_blocks - 1);
+        rescale_and_pack();
+    }
+    for (int it = 1; it < n_blocks; ++it) {
+        const int s = it % C::kStages, prev = (it - 1) % C::kStages;
+        const uint32_t phase = (it / C::kStages) & 1, prev_phase = ((it - 1) / C::kStages) & 1;
+        mbar_wait(bar_k_full + s, phase);
+        issue_s(s);
+        mbar_wait(bar_v_full + prev, prev_phase);
+        issue_pv(prev);  // O and P were last written before issue_s's wgmma fence
+        wgmma_wait<1>();  // S of this tile; P V of the previous one still runs
+        fence_regs(sacc);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_k_empty + s);
+        softmax_tile(n_blocks - 1 - it);
+        wgmma_wait<0>();
+        fence_regs(o);
+#pragma unroll
+        for (int ks = 0; ks < C::kBlockN / 16; ++ks) fence_regs(pa[ks]);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(bar_v_empty + prev);
+        rescale_and_pack();
+    }
+    if (n_blocks > 0) {
+        const int last = (n_blocks - 1) % C::kStages;
+        mbar_wait(bar_v_full + last, ((n_blocks - 1) / C::kStages) & 1);
+        fence_regs(o);
+        wgmma_fence();
+        issue_pv(last);
         wgmma_wait<0>();
         fence_regs(o);
         __syncwarp();
-        if (lane == 0) mbar_arrive(bar_v_empty + s);
+        if (lane == 0) mbar_arrive(bar_v_empty + last);
     }
 
     // ---- epilogue: normalise, LSE, stage O in this warpgroup's rows of the Q buffer, 16-byte stores ----

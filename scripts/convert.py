@@ -15,7 +15,15 @@ Needs the ``hf`` extra: pip install -e ".[hf]".
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
+
+# megatron-core warns about TE / Apex being absent and a CUDA-graph default it sets itself (as in scripts/train.py).
+for _message in ("Transformer Engine and Apex are not installed", "Apex is not installed", "full scope is deprecated"):
+    warnings.filterwarnings("ignore", message=_message)
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch\.distributed\.checkpoint|megatron\.core)")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

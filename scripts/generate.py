@@ -40,9 +40,13 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if str(snapshot.get("family", "gpt")).lower() != "gpt":
-        print(f"error: {args.checkpoint} holds a {snapshot.get('family')} model; generate.py reads GPT checkpoints",
-              file=sys.stderr)
+    from bridge.models import family_names, family_spec
+
+    family = snapshot.get("family", "gpt")
+    if family not in family_names() or not family_spec(family).generates_text:
+        texts = [name for name in family_names() if family_spec(name).generates_text]
+        print(f"error: {args.checkpoint} holds a {family} model; generate.py reads checkpoints of the families that "
+              f"generate text ({', '.join(texts)})", file=sys.stderr)
         return 2
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     # Generation runs on this machine with one process: no tensor / pipeline parallel, a backend that fits here.
@@ -51,6 +55,10 @@ def main(argv=None) -> int:
         dtype="bf16" if use_cuda else "fp32", tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
         sequence_parallel=False, use_cpu_initialization=None)
     tokenizer = tokenizer_from_snapshot(snapshot)
+    if provider.vocab_size < tokenizer.text_vocab_size:  # e.g. an imported model without its tokenizer files
+        print(f"error: {args.checkpoint}: the model has {provider.vocab_size} token ids but its tokenizer "
+              f"({tokenizer.fingerprint}) produces up to {tokenizer.text_vocab_size}", file=sys.stderr)
+        return 2
     model = provider.provide().to("cuda" if use_cuda else "cpu")
     try:
         path = load_weights(args.checkpoint, model)

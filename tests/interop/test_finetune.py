@@ -88,10 +88,13 @@ def test_hf_reference_errors(tmp_path, data_cache):
     with pytest.raises(HFConversionError, match="is not a directory"):
         adopt_hf_architecture(run, tokenizer)
     hf_dir = save_hf_model(lambda: CAUSAL_LM_BUILDERS["gpt2"](), tmp_path / "short")
-    run.data.seq_length = 128  # longer than its 64 learned positions
+    run.model.seq_length = 128  # longer than its 64 learned positions
     run.checkpoint = CheckpointConfig(pretrained_checkpoint=f"hf:{hf_dir}")
-    with pytest.raises(HFConversionError, match="data.seq_length=128 is longer than .* 64 learned positions"):
+    with pytest.raises(HFConversionError, match="model.seq_length=128 is longer than .* 64 learned positions"):
         adopt_hf_architecture(run, tokenizer)
+    run.model.seq_length = 32
+    adopt_hf_architecture(run, tokenizer)
+    assert (run.model.seq_length, run.model.max_position_embeddings) == (32, 64)  # samples of 32, 64 positions
 
 
 def test_convert_import_then_export_is_bit_identical(tmp_path, capsys):
@@ -161,3 +164,17 @@ def test_finetune_with_the_directory_tokenizer_exports_it(tmp_path, data_cache):
     model = transformers.AutoModelForCausalLM.from_pretrained(str(out))
     assert model.config.eos_token_id == tokenizer.eos_token_id
     assert model.get_input_embeddings().weight.shape[0] == vocab + 100
+
+
+def test_imported_checkpoint_generates_with_the_directory_tokenizer(tmp_path, capsys):
+    import generate  # scripts/generate.py
+
+    hf_dir = tmp_path / "hf"
+    vocab = _save_tokenizer(hf_dir)
+    save_hf_model(lambda: _gpt2(vocab_size=vocab), hf_dir)  # the exact vocabulary, no room for sentinels
+    ckpt = str(tmp_path / "ckpt")
+    assert convert.main(["import", "--hf-dir", str(hf_dir), "--output", ckpt, "--no-progress"]) == 0
+    assert os.path.isfile(os.path.join(ckpt, "tokenizer", "tokenizer.json"))
+    capsys.readouterr()
+    assert generate.main(["--checkpoint", ckpt, "--prompt", "the", "--max-new-tokens", "3"]) == 0
+    assert capsys.readouterr().out.startswith("the")

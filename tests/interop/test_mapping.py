@@ -81,3 +81,13 @@ def test_pipeline_stages_map_local_layer_numbers_to_global_ones():
     stage.decoder.layers = torch.nn.ModuleList([Layer(5), Layer(6)])  # the second stage of 2 × 4 layers
     assert _global_name(stage, "decoder.layers.1.linear.weight") == "decoder.layers.5.linear.weight"
     assert _global_name(stage, "decoder.final_layernorm.weight") == "decoder.final_layernorm.weight"
+
+
+def test_a_missing_optional_package_is_one_line_naming_the_extra():
+    import pytest
+
+    from bridge.interop.hf.errors import HFConversionError, require
+
+    with pytest.raises(HFConversionError, match=r"needs the 'no_such_package_xyz' package, which is not installed: "
+                                                r"pip install 'bridge\[hf\]'"):
+        require("no_such_package_xyz.sub")

@@ -40,9 +40,13 @@ def main(argv=None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if str(snapshot.get("family", "gpt")).lower() != "gpt":
-        print(f"error: {args.checkpoint} holds a {snapshot.get('family')} model; generate.py reads GPT checkpoints",
-              file=sys.stderr)
+    from bridge.models import family_names, family_spec
+
+    family = snapshot.get("family", "gpt")
+    if family not in family_names() or not family_spec(family).generates_text:
+        texts = [name for name in family_names() if family_spec(name).generates_text]
+        print(f"error: {args.checkpoint} holds a {family} model; generate.py reads checkpoints of the families that "
+              f"generate text ({', '.join(texts)})", file=sys.stderr)
         return 2
     use_cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     # Generation runs on this machine with one process: no tensor / pipeline parallel, a backend that fits here.

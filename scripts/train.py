@@ -17,7 +17,7 @@ import os
 import sys
 import warnings
 
-# megatron-core warns that TE / Apex are absent (bridge does not use them, see DESIGN.md) and about a
+# megatron-core warns that TE / Apex are absent (bridge does not use them, see docs/backends.md) and about a
 # CUDA-graph default it sets itself; neither is something a user can act on.
 for _message in ("Transformer Engine and Apex are not installed", "Apex is not installed", "full scope is deprecated"):
     warnings.filterwarnings("ignore", message=_message)

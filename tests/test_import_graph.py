@@ -124,3 +124,20 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path):
     source.write_text("def f():\n    from bridge.models.gpt_builder import build_gpt_model\n")
     known = {"bridge.models.gpt_builder", "bridge.models.lazy"}
     assert _imports(source, "bridge.models.lazy", known) == {"bridge.models.gpt_builder"}
+
+
+def test_docs_list_the_same_layers():
+    """docs/architecture.md's layer table is the order this test enforces."""
+    import re
+
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    documented = re.findall(r"^\| \d+ \| `bridge/(\w+)` \|", text, flags=re.M)
+    assert tuple(documented) == LAYERS
+
+
+def test_no_file_refers_to_documents_outside_the_repository():
+    names = ("KERNEL" + ".md", "DESIGN" + ".md", "../" + "shared", "/work/" + "shared")
+    files = [p for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts
+             and p.suffix in {".py", ".md", ".yaml", ".sh", ".toml", ".cpp", ".cu", ".cuh", ".h", ".txt"}]
+    offenders = [f"{p.relative_to(ROOT)}: {n}" for p in files for n in names if n in p.read_text(errors="ignore")]
+    assert not offenders

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterable, Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 from megatron.core import tensor_parallel
@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.attention import flash, fused, local
 from bridge.attention.inputs import AttentionInputs, reduced_mask
-from bridge.attention.selection import canonical, select_backend
+from bridge.attention.selection import LayerBackend, canonical
 from bridge.attention.backend import AttnBackend, parse_attn_backend
 
 _RUNNERS = {
@@ -75,29 +75,21 @@ class BridgeCoreAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(head_dim)
         if config.apply_query_key_layer_scaling:
             self.softmax_scale /= self.layer_number
-        self._chosen: Dict[AttentionInputs, AttnBackend] = {}
-        self.last_backend: Optional[AttnBackend] = None  # what the latest forward ran, for logs and tests
+        self.choice = LayerBackend(self.backend, self.exclude, self.layer_name)
 
     @property
     def layer_name(self) -> str:
         where = f"{self.stack} " if self.stack else ""
         return f"{where}layer {self.layer_number} ({self.attention_type} attention)"
 
-    def resolve(self, inputs: AttentionInputs) -> AttnBackend:
-        """The backend for these inputs (cached per distinct inputs)."""
-        chosen = self._chosen.get(inputs)
-        if chosen is None:
-            chosen = select_backend(self.backend, inputs, self.layer_name, self.exclude)
-            self._chosen[inputs] = chosen
-        return chosen
+    @property
+    def last_backend(self) -> Optional[AttnBackend]:
+        """The backend the latest forward ran (for logs and tests)."""
+        return self.choice.last
 
-    def _backend_with_bias(self) -> AttnBackend:
-        """An attention bias (T5's relative position bias) runs on ``local``, the one backend that adds it."""
-        if self.backend not in (AttnBackend.auto, AttnBackend.local):
-            raise ValueError(
-                f"{self.layer_name}: attention_backend={self.backend.value} cannot add an attention bias "
-                "(position_embedding_type=relative); use attention_backend=local or auto")
-        return AttnBackend.local
+    def resolve(self, inputs: AttentionInputs) -> AttnBackend:
+        """The backend for these inputs (decided once per signature by the layer's :class:`LayerBackend`)."""
+        return self.choice.choose(inputs)
 
     def forward(
         self,
@@ -120,8 +112,7 @@ class BridgeCoreAttention(MegatronModule):
             device_type=query.device.type, dtype=query.dtype, head_dim=d, num_heads=h, num_kv_heads=g,
             dropout_p=dropout_p, mask_kind=mask.kind, seqlen_q=sq, seqlen_k=sk,
         )
-        backend = self._backend_with_bias() if attention_bias is not None else self.resolve(inputs)
-        self.last_backend = backend
+        backend = self.choice.choose_with_bias() if attention_bias is not None else self.resolve(inputs)
         kwargs = {"deterministic": self.deterministic} if backend == AttnBackend.flash else {}
         if attention_bias is not None:
             kwargs["bias"] = attention_bias

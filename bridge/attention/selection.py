@@ -5,6 +5,11 @@ Transformer Engine's environment switches are honoured so that habits carry over
 ``auto``'s choice, and make an explicit request for that backend an error (never a silent switch).
 ``NVTE_DEBUG=1`` with ``NVTE_DEBUG_LEVEL=1`` logs, per layer, the backend that runs and why the others were
 ruled out; ``NVTE_DEBUG_LEVEL=2`` adds the inputs the decision was made on.
+
+Where the decision is made: each attention layer holds a :class:`LayerBackend` (its request, built from the
+layer spec) that decides once per input signature (:class:`AttentionInputs`) through :func:`select_backend`
+and keeps the result. When the model is built, :meth:`LayerBackend.check_request` runs the same decision on
+what is known before any tensor exists, so an explicit backend that cannot run here fails in ``provide()``.
 """
 
 from __future__ import annotations
@@ -125,3 +130,43 @@ def select_backend(
             message += f" [inputs: {inputs.describe()}]"
         logger.info(message)
     return chosen
+
+
+class LayerBackend:
+    """One attention layer's backend: the request from its spec, and the decision for each input signature.
+
+    ``requested`` may be ``auto``; ``exclude`` takes backends out of auto's choice (legacy
+    ``use_flash_attention=False``); ``layer`` names the layer in errors and debug logs.
+    """
+
+    def __init__(self, requested: AttnBackend, exclude: Iterable[AttnBackend] = (), layer: str = "attention"):
+        self.requested = canonical(requested)
+        self.exclude: Tuple[AttnBackend, ...] = tuple(canonical(b) for b in exclude)
+        self.layer = layer
+        self._decided: Dict[AttentionInputs, AttnBackend] = {}
+        self.last: Optional[AttnBackend] = None
+        """What the latest :meth:`choose` returned (for logs, tests and ``TrainResult.attention_backends``)."""
+
+    def choose(self, inputs: AttentionInputs) -> AttnBackend:
+        """The backend for ``inputs``: decided (and logged under NVTE_DEBUG) the first time, kept after."""
+        chosen = self._decided.get(inputs)
+        if chosen is None:
+            chosen = self._decided[inputs] = select_backend(self.requested, inputs, self.layer, self.exclude)
+        self.last = chosen
+        return chosen
+
+    def choose_with_bias(self) -> AttnBackend:
+        """An additive attention bias (T5's relative position bias) runs on ``local``, the one backend that adds
+        it; an explicit other backend is an error."""
+        if self.requested not in (AttnBackend.auto, AttnBackend.local):
+            raise ValueError(
+                f"{self.layer}: attention_backend={self.requested.value} cannot add an attention bias "
+                "(position_embedding_type=relative); use attention_backend=local or auto")
+        self.last = AttnBackend.local
+        return self.last
+
+    def check_request(self, inputs: AttentionInputs, where: str) -> None:
+        """Raise :class:`BackendUnavailableError` now if an explicit request cannot run ``inputs`` (the signature
+        known at build time: device, dtype, heads, head dim, dropout); ``auto`` waits for the real inputs."""
+        if self.requested != AttnBackend.auto:
+            select_backend(self.requested, inputs, where, self.exclude, log=False)

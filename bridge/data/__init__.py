@@ -1,11 +1,15 @@
 """Data for bridge: tokenizers, the embedded corpus, indexed datasets, pretraining and fine-tuning sets.
 
-The trainer needs three calls::
+Datasets are built by each model family's spec (``bridge.models``), which takes the sequence lengths from
+the model and the shared parts from :mod:`.builders` (token streams, fine-tuning examples). The trainer
+needs three calls::
 
-    from bridge.data import DataConfig, TokenizerConfig, build_tokenizer, build_datasets, PretrainingSampler
+    from bridge.data import DataConfig, TokenizerConfig, build_tokenizer, PretrainingSampler
+    from bridge.models import family_spec, get_preset
 
     tokenizer = build_tokenizer(TokenizerConfig())              # byte-level by default, no files
-    train_ds, valid_ds = build_datasets(DataConfig(seq_length=256), tokenizer, "gpt")   # or "t5"
+    model = get_preset("gpt_tiny", seq_length=256, vocab_size=tokenizer.vocab_size)
+    train_ds, valid_ds = family_spec("gpt").build_datasets(DataConfig(), tokenizer, model)   # or "t5"
     sampler = PretrainingSampler(total_samples, consumed_samples, micro_batch_size, dp_rank, dp_size)
     loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=...)
 
@@ -29,7 +33,8 @@ The trainer needs three calls::
   run sees exactly the samples the uninterrupted run would have seen.
 """
 
-from bridge.data.builders import build_datasets, embedded_corpus_prefixes
+from bridge.data.builders import (as_data_config, embedded_corpus_prefixes, finetuning_examples,
+                                  pretraining_streams)
 from bridge.data.config import DataConfig, DatasetKind
 from bridge.data.finetune_task import TaskExample, embedded_task_paths, evaluate_accuracy, read_task_examples
 from bridge.data.indexed import open_indexed_dataset, write_indexed_dataset
@@ -38,7 +43,7 @@ from bridge.data.tokenizers import Tokenizer, TokenizerConfig, TokenizerType, bu
 
 __all__ = [
     "DataConfig", "DatasetKind", "PretrainingSampler", "TaskExample", "Tokenizer", "TokenizerConfig",
-    "TokenizerType", "build_datasets", "build_tokenizer", "check_vocab_fits", "embedded_corpus_prefixes",
-    "embedded_task_paths",
-    "evaluate_accuracy", "open_indexed_dataset", "read_task_examples", "write_indexed_dataset",
+    "TokenizerType", "as_data_config", "build_tokenizer", "check_vocab_fits", "embedded_corpus_prefixes",
+    "embedded_task_paths", "evaluate_accuracy", "finetuning_examples", "open_indexed_dataset",
+    "pretraining_streams", "read_task_examples", "write_indexed_dataset",
 ]

@@ -20,7 +20,8 @@ class DatasetKind(enum.Enum):
 
 @dataclass
 class DataConfig:
-    """Data for a run; the model family (gpt / t5) comes from the recipe, not from here."""
+    """Data for a run; the model family (gpt / t5) comes from the recipe, and the sequence lengths from the
+    model (``model.seq_length``, T5's ``model.decoder_seq_length``): the datasets cut samples to them."""
 
     kind: DatasetKind = DatasetKind.pretrain
     """``pretrain``: fixed-length samples from indexed datasets (GPT: next token; T5: span
@@ -37,12 +38,6 @@ class DataConfig:
     split: str = "95,5"
     """``"train,valid"`` weights splitting ``paths`` into contiguous document (or example) ranges
     when ``valid_paths`` is empty. Ignored by the embedded default, whose split is fixed."""
-
-    seq_length: int = 512
-    """Tokens per sample (GPT), or encoder tokens (T5). The recipe keeps it equal to the model's."""
-
-    decoder_seq_length: int = 128
-    """T5 only: decoder tokens per sample (targets of span corruption, or of fine-tuning)."""
 
     seed: int = 1234
     """Seeds the sample order of each epoch and T5's noise; same seed, same data, any resume."""
@@ -84,9 +79,6 @@ class DataConfig:
                 valid = ", ".join(k.value for k in DatasetKind)
                 raise ValueError(f"data.kind={self.kind!r} is not valid; use one of: {valid}") from None
         self.split_weights()
-        for name in ("seq_length", "decoder_seq_length"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"data.{name} must be >= 2, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 < self.noise_density < 1.0:

@@ -4,11 +4,11 @@
     run = load_config("gpt_pretrain", overrides=["model.attention_backend=local", "train.train_steps=50"])
     run.model.provide()                                   # the megatron-core GPTModel
 
-* :mod:`.schema`: :class:`RunConfig` (``family``, ``model``, ``tokenizer``, ``data``, ``optimizer``,
-  ``scheduler``, ``train``, ``checkpoint``, ``logging``) and the ConfigStore registration of it and of
-  every model preset (``model=<preset>``).
+* :mod:`.schema`: the ConfigStore registration of the run schema (:class:`bridge.training.RunConfig`, re-exported
+  here) and of every model preset (``model=<preset>``).
 * :mod:`.loading`: :func:`load_config` / :func:`compose_config` through Hydra's compose API over ``conf/``.
-* :mod:`.assembly`: :func:`build_run_config`, composed DictConfig -> validated :class:`RunConfig`.
+* :mod:`.assembly`: :func:`build_run_config`, composed DictConfig -> validated, finalised :class:`RunConfig`.
+* :mod:`.moved_keys`: keys that moved (``data.seq_length`` -> ``model.seq_length``) and still work as aliases.
 * :mod:`.legacy`: NeMo-1 style YAML -> run config.
 * :mod:`.errors`: :class:`ConfigError`, one readable line per problem.
 """
@@ -16,12 +16,13 @@
 from bridge.recipes.assembly import build_run_config
 from bridge.recipes.errors import ConfigError
 from bridge.recipes.loading import compose_config, default_config_dir, list_recipes, load_config
-from bridge.recipes.schema import FAMILIES, RunConfig, register_configs
+from bridge.recipes.schema import register_configs
+from bridge.training.config import RunConfig
 
 # Importing bridge.recipes makes the schema and the presets available to an app's own ``@hydra.main`` too.
 register_configs()
 
 __all__ = [
-    "ConfigError", "FAMILIES", "RunConfig", "build_run_config", "compose_config", "default_config_dir",
+    "ConfigError", "RunConfig", "build_run_config", "compose_config", "default_config_dir",
     "list_recipes", "load_config", "register_configs",
 ]

@@ -1,10 +1,10 @@
 """Turn a composed recipe (a DictConfig) into a validated :class:`RunConfig` of real objects.
 
 Order matters and is fixed here: translate a NeMo-1 file if that is what was given; check the family
-against the model; keep sequence lengths consistent; build each node's dataclass (whose own validation
-runs); size the model's vocabulary from the tokenizer; settle the precision; build the provider last,
-so its validation (and its legacy-flag translation, with one deprecation warning per flag) sees the
-final values.
+against the model; build each node's dataclass (whose own validation runs) and the provider (its
+validation and legacy-flag translation, with one deprecation warning per flag); then
+:func:`bridge.training.finalize_run` settles device, precision and vocabulary, the same step ``train``
+runs for a config built in Python.
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ import dataclasses
 import logging
 from typing import Any, Dict, Type
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from bridge.data import DataConfig, TokenizerConfig, build_tokenizer
-from bridge.recipes import legacy, seq_lengths
+from bridge.data import DataConfig, TokenizerConfig
+from bridge.models import FamilySpec, family_names, family_of_provider, family_spec
+from bridge.recipes import legacy
 from bridge.recipes.errors import ConfigError, closest, config_error
-from bridge.recipes.schema import FAMILIES, RunConfig, family_of_provider_class
 from bridge.training.config import (
-    CheckpointConfig, Device, LoggingConfig, OptimizerConfig, Precision, SchedulerConfig, TrainingConfig,
+    CheckpointConfig, LoggingConfig, OptimizerConfig, RunConfig, SchedulerConfig, TrainingConfig,
 )
+from bridge.training.finalize import check_family, finalize_run
 
 logger = logging.getLogger("bridge.recipes")
 
@@ -72,76 +72,36 @@ def _construct(cls: Type, fields: Dict[str, Any], name: str) -> Any:
         raise ConfigError(prefix + message) from exc
 
 
-def _family(cfg: DictConfig) -> str:
+def _family(cfg: DictConfig) -> FamilySpec:
     """The recipe's family, checked against the type of the ``model`` node when it has one."""
     if OmegaConf.is_missing(cfg, "family"):
-        raise ConfigError(f"family is not set; use one of: {', '.join(FAMILIES)}")
-    family = str(cfg.family).strip().lower()
-    if family not in FAMILIES:
-        raise ConfigError(f"family={cfg.family!r} is not valid; use one of: {', '.join(FAMILIES)}")
+        raise ConfigError(f"family is not set; use one of: {', '.join(family_names())}")
+    try:
+        spec = family_spec(cfg.family)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if OmegaConf.is_missing(cfg, "model"):
         raise ConfigError("model is not set; pick a preset with model=<name> (see bridge.models.list_presets())")
     model_type = OmegaConf.get_type(cfg.model)
     if model_type is None or model_type is dict:
         # A plain model YAML (conf/model/<yours>.yaml without a preset behind it): give it the family's
         # provider as schema, so its defaults exist and a misspelled field is an error.
-        _check_fields(FAMILIES[family], cfg.model.keys(), "model")
+        _check_fields(spec.provider_cls, cfg.model.keys(), "model")
         with _writable(cfg):
-            cfg.model = OmegaConf.merge(OmegaConf.structured(FAMILIES[family]), cfg.model)
+            cfg.model = OmegaConf.merge(OmegaConf.structured(spec.provider_cls), cfg.model)
     else:
-        model_family = family_of_provider_class(model_type)
-        if model_family != family:
-            from bridge.models import list_presets
-
-            raise ConfigError(
-                f"the model is a {model_family.upper()} model ({model_type.__name__}) but this recipe trains "
-                f"family={family}; use a {family} preset ({', '.join(list_presets(family))}) or a {model_family}_* recipe"
-            )
-    return family
-
-
-def _resolve_precision(train: TrainingConfig, model_fields: Dict[str, Any]) -> None:
-    """Settle ``train.precision`` and ``model.dtype`` to one concrete value (in place).
-
-    ``auto`` means bf16 when the run computes on a GPU and fp32 on the CPU, unless ``model.dtype`` was set
-    to something other than the fp32 default (then that choice stands). An explicit ``train.precision``
-    sets the model's dtype; an explicit, different ``model.dtype`` next to it is a contradiction.
-    """
-    from bridge.models.fields import parse_dtype
-
-    dtype = parse_dtype(model_fields.get("dtype", "fp32"), "model.dtype")
-    if train.precision == Precision.auto:
-        on_gpu = train.device == Device.cuda or (train.device == Device.auto and torch.cuda.is_available())
-        resolved = dtype if dtype != "fp32" else ("bf16" if on_gpu else "fp32")
-    else:
-        resolved = train.precision.value
-        if dtype not in ("fp32", resolved):
-            raise ConfigError(
-                f"train.precision={resolved} contradicts model.dtype={dtype}; set only train.precision")
-    train.precision = Precision(resolved)
-    model_fields["dtype"] = resolved
-
-
-def _fill_vocab_size(tokenizer_cfg: TokenizerConfig, model_fields: Dict[str, Any]) -> None:
-    """``model.vocab_size`` from the tokenizer; an explicit size too small for it is an error."""
-    try:
-        vocab = build_tokenizer(tokenizer_cfg).vocab_size
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise ConfigError(f"tokenizer: {str(exc).strip().splitlines()[0]}") from exc
-    given = model_fields.get("vocab_size")
-    if given is None:
-        model_fields["vocab_size"] = vocab
-    elif given < vocab:
-        raise ConfigError(
-            f"model.vocab_size={given} is smaller than the tokenizer's vocabulary ({vocab} ids); "
-            "leave model.vocab_size unset (null) to take it from the tokenizer")
+        try:
+            check_family(spec, family_of_provider(model_type), model_type)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(str(exc)) from exc
+    return spec
 
 
 def build_run_config(cfg: DictConfig) -> RunConfig:
     """A validated :class:`RunConfig` from a composed recipe (or a NeMo-1 style config).
 
-    ``model`` becomes a provider instance with ``vocab_size`` from the tokenizer, its ``seq_length``
-    (and T5 ``decoder_seq_length``) equal to the data's, its ``dtype`` equal to ``train.precision``.
+    ``model`` becomes a provider instance; the run is finalised (:func:`bridge.training.finalize_run`:
+    ``vocab_size`` from the tokenizer, ``dtype`` equal to ``train.precision``, a concrete ``train.device``).
     Every problem is a :class:`ConfigError` with a one-line message.
     """
     try:
@@ -156,18 +116,29 @@ def build_run_config(cfg: DictConfig) -> RunConfig:
 
 def _build(cfg: DictConfig) -> RunConfig:
     cfg = legacy.translate_nemo1(cfg) if legacy.is_nemo1(cfg) else copy.deepcopy(cfg)
-    family = _family(cfg)
-    if family == "t5" and cfg.model.get("decoder_seq_length") is None:
-        with _writable(cfg):
-            cfg.model.decoder_seq_length = cfg.model.seq_length
-    seq_lengths.check_equal(cfg, family)
-
+    spec = _family(cfg)
     sections = {name: _construct(cls, _plain(cfg[name], name), name) for name, cls in SECTIONS.items()}
-    model_fields = _plain(cfg.model, "model")
-    _fill_vocab_size(sections["tokenizer"], model_fields)
-    _resolve_precision(sections["train"], model_fields)
-    provider = _construct(FAMILIES[family], model_fields, "model")
-    return RunConfig(name=str(cfg.get("name", "run")), family=family, model=provider, **sections)
+    provider = _construct(spec.provider_cls, _set_fields(spec.provider_cls, _plain(cfg.model, "model")), "model")
+    run = RunConfig(name=str(cfg.get("name", "run")), family=spec.name, model=provider, **sections)
+    finalize_run(run)
+    return run
+
+
+def _set_fields(cls: Type, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields whose value differs from the class default: what the recipe (preset, YAML, overrides) set.
+
+    A composed node carries every schema field; passing only the set ones lets the provider tell which
+    spelling of a setting was chosen (``activation`` or ``gated_linear_unit`` + ``activation_func``).
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in fields.items() if k not in defaults or not _equal(v, defaults[k])}
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b) or (a is None and b is None)
+    except Exception:
+        return False
 
 
 class _writable:

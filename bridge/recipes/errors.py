@@ -17,6 +17,8 @@ from omegaconf.errors import (
     ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException, ValidationError,
 )
 
+from bridge.recipes.moved_keys import moved_key_hint
+
 
 class ConfigError(ValueError):
     """A recipe, override or config value that cannot make a valid run; the message is one line."""
@@ -52,16 +54,18 @@ def _all_keys(node: DictConfig, prefix: str = "") -> List[str]:
 
 def _other_family_hint(full_key: str, object_type: Optional[type]) -> str:
     """Name the family a model key belongs to when it is given to the other family's provider."""
-    from bridge.recipes.schema import FAMILIES
+    from bridge.models import family_names, family_spec
 
     parts = full_key.split(".")
-    if len(parts) < 2 or parts[0] != "model" or object_type not in FAMILIES.values():
+    specs = [family_spec(name) for name in family_names()]
+    mine = [s for s in specs if s.provider_cls is object_type]
+    if len(parts) < 2 or parts[0] != "model" or not mine:
         return ""
-    for family, cls in FAMILIES.items():
+    for spec in specs:
+        cls = spec.provider_cls
         if cls is not object_type and parts[1] in {f.name for f in dataclasses.fields(cls)}:
-            mine = [f for f, c in FAMILIES.items() if c is object_type][0]
-            return (f"; {parts[1]!r} is a {family.upper()} setting ({cls.__name__}), but this recipe builds a "
-                    f"{mine.upper()} model ({object_type.__name__})")
+            return (f"; {parts[1]!r} is a {spec.name.upper()} setting ({cls.__name__}), but this recipe builds a "
+                    f"{mine[0].name.upper()} model ({object_type.__name__})")
     return ""
 
 
@@ -69,9 +73,9 @@ def unknown_key_message(full_key: str, parent: Optional[DictConfig]) -> str:
     """``unknown config key 'model.num_layer'; did you mean 'model.num_layers'?`` (searching the whole run)."""
     leaf = full_key.rsplit(".", 1)[-1]
     prefix = full_key[: -len(leaf)]
-    hint = ""
+    hint = moved_key_hint(full_key) or ""
     object_type = OmegaConf.get_type(parent) if parent is not None else None
-    if parent is not None:
+    if parent is not None and not hint:
         hint = _other_family_hint(full_key, object_type)
         siblings = [str(k) for k in parent.keys()]
         match = closest(leaf, siblings)
@@ -122,7 +126,7 @@ def explain(exc: BaseException) -> str:
     if isinstance(exc, OverrideParseException):
         return f"cannot parse override: {_first_line(exc)}"
     if isinstance(exc, (ConfigCompositionException, HydraException)):
-        cause = exc.__cause__
+        cause = exc.__cause__ or exc.__context__  # Hydra re-raises a YAML's own key error without ``from``
         if isinstance(cause, OmegaConfBaseException):
             return _explain_omegaconf(cause)
         if cause is not None:

@@ -23,7 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridge.recipes.errors import ConfigError, config_error
-from bridge.recipes.schema import FAMILIES, RunConfig
+from bridge.models import family_spec
+from bridge.training.config import RunConfig
 
 logger = logging.getLogger("bridge.recipes")
 
@@ -297,15 +298,18 @@ def _translate_data(t: _Translation, seq_length: Optional[int]) -> None:
         parts = str(split).split(",")
         t.put("data.split", ",".join(parts[:2]))  # bridge has no test split
     t.move("model.data.num_workers", "data.num_workers")
-    t.put("data.seq_length", t.take("model.data.seq_length", seq_length))
+    data_length = t.take("model.data.seq_length", seq_length)
+    if seq_length is None and data_length is not None:
+        t.put("model.seq_length", data_length)
+    elif data_length != seq_length:
+        raise ConfigError(f"NeMo-1 model.data.seq_length={data_length} differs from the model's length {seq_length}; "
+                          "bridge cuts samples to the model's length: drop model.data.seq_length or make them equal")
     if t.family == "t5":
-        t.move("model.data.seq_length_dec", "data.decoder_seq_length")
+        t.move("model.data.seq_length_dec", "model.decoder_seq_length")
         t.move("model.data.masked_lm_prob", "data.noise_density")
         mean_span = t.take("model.data.mean_ngram_size")
         if mean_span is not None:
             t.put("data.mean_noise_span_length", float(mean_span))
-        if "data.decoder_seq_length" in t.out:
-            t.put("model.decoder_seq_length", t.out["data.decoder_seq_length"])
 
 
 def _translate_optim(t: _Translation, max_steps: Optional[int]) -> None:
@@ -416,7 +420,7 @@ def translate_nemo1(cfg: DictConfig) -> DictConfig:
     t.finish()
 
     run = OmegaConf.structured(RunConfig)
-    run.model = OmegaConf.structured(FAMILIES[family])
+    run.model = OmegaConf.structured(family_spec(family).provider_cls)
     try:
         run = OmegaConf.merge(run, _nest(t.out))
     except OmegaConfBaseException as exc:

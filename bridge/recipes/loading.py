@@ -23,8 +23,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from bridge.recipes.assembly import build_run_config
 from bridge.recipes.errors import ConfigError, config_error, did_you_mean
-from bridge.recipes.schema import RunConfig, register_configs
-from bridge.recipes.seq_lengths import mirror_overrides
+from bridge.recipes.moved_keys import rewrite_moved_overrides
+from bridge.recipes.schema import register_configs
+from bridge.training.config import RunConfig
 
 PACKAGE_CONFIG_DIR = Path(__file__).resolve().parents[2] / "conf"
 """bridge's own recipes (``conf/`` at the repository root)."""
@@ -83,12 +84,16 @@ def _set_aside_outer_hydra():
 def compose_config(
     config_name: str, overrides: Sequence[str] = (), config_dir: Optional[os.PathLike] = None
 ) -> DictConfig:
-    """The composed recipe (struct mode) with ``overrides`` applied and the sequence lengths mirrored.
+    """The composed recipe (struct mode) with ``overrides`` applied (a moved key such as ``data.seq_length``
+    sets its new owner, see :mod:`bridge.recipes.moved_keys`).
 
     Any problem (unknown key, bad value, missing recipe or preset) is a one-line :class:`ConfigError`.
     """
     primary, search_path = _search_path(config_name, config_dir)
-    overrides = list(overrides)
+    try:
+        overrides = rewrite_moved_overrides(overrides)
+    except (HydraException, ValueError) as exc:
+        raise config_error(exc) from exc
     register_configs()
     with _set_aside_outer_hydra(), initialize_config_dir(config_dir=str(primary), version_base=None, job_name="bridge"):
         try:
@@ -102,10 +107,6 @@ def compose_config(
             raise config_error(exc) from exc
         except (HydraException, OmegaConfBaseException) as exc:
             raise config_error(exc) from exc
-    try:
-        mirror_overrides(cfg, overrides)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise config_error(exc) from exc
     return cfg
 
 

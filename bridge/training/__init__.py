@@ -2,6 +2,9 @@
 
 CONTRACT (for ``bridge/recipes`` and ``scripts/train.py``):
 
+* :class:`RunConfig`: the whole run (``family``, ``model``, ``tokenizer``, ``data`` and the nodes below);
+  ``finalize_run(run)`` settles its family, device, precision and vocabulary (the recipes call it; so does
+  ``train``).
 * Config dataclasses (schemas of the run's nodes): :class:`OptimizerConfig` (``optimizer``),
   :class:`SchedulerConfig` (``scheduler``), :class:`TrainingConfig` (``train``),
   :class:`CheckpointConfig` (``checkpoint``), :class:`LoggingConfig` (``logging``).
@@ -11,24 +14,25 @@ CONTRACT (for ``bridge/recipes`` and ``scripts/train.py``):
   pipeline sizes; the remaining ranks are data parallel. Safe to call twice.
 * ``train(run) -> TrainResult`` — the whole run. ``run`` has the attributes ``family`` ('gpt' | 't5'),
   ``model`` (a provider), ``tokenizer``, ``data``, ``optimizer``, ``scheduler``, ``train``,
-  ``checkpoint``, ``logging`` (``bridge.recipes.schema.RunConfig``). Calls ``init_distributed`` itself
+  ``checkpoint``, ``logging`` (a :class:`RunConfig`). Calls ``init_distributed`` itself
   if it has not run yet.
 * ``shutdown_distributed()`` — tear down at the end of ``scripts/train.py``.
 * ``generate(model, tokenizer, prompt, ...)`` — greedy / top-k text generation from a GPT model.
 """
 
 from bridge.training.config import (
-    CheckpointConfig, DecayStyle, Device, LoggingConfig, OptimizerConfig, OptimizerType, Precision,
+    CheckpointConfig, DecayStyle, Device, LoggingConfig, OptimizerConfig, OptimizerType, Precision, RunConfig,
     SchedulerConfig, TrainingConfig,
 )
 from bridge.training.checkpointing import CheckpointError, load_run_config, load_weights, resolve_checkpoint
 from bridge.training.distributed import DistributedEnv, init_distributed, shutdown_distributed
+from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
 from bridge.training.trainer import TrainingDivergedError, TrainResult, train
 
 __all__ = [
     "CheckpointConfig", "CheckpointError", "DecayStyle", "Device", "DistributedEnv", "LoggingConfig",
-    "OptimizerConfig", "OptimizerType", "Precision", "SchedulerConfig", "TrainResult", "TrainingConfig",
-    "TrainingDivergedError", "generate", "init_distributed", "load_run_config", "load_weights",
-    "resolve_checkpoint", "shutdown_distributed", "train",
+    "OptimizerConfig", "OptimizerType", "Precision", "RunConfig", "SchedulerConfig", "TrainResult",
+    "TrainingConfig", "TrainingDivergedError", "finalize_run", "generate", "init_distributed", "load_run_config",
+    "load_weights", "resolve_checkpoint", "shutdown_distributed", "train",
 ]

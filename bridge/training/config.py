@@ -1,5 +1,9 @@
-"""Config dataclasses of the training components (``optimizer``, ``scheduler``, ``train``, ``checkpoint``,
-``logging`` nodes of a run).
+"""The run config: :class:`RunConfig` and the config dataclasses of the training components (``optimizer``,
+``scheduler``, ``train``, ``checkpoint``, ``logging`` nodes of a run).
+
+``RunConfig`` gathers them with the model provider (``bridge.models``) and the tokenizer / data configs
+(``bridge.data``); ``bridge.recipes`` registers it in Hydra's ConfigStore as the schema of every recipe, and
+:func:`bridge.training.finalize.finalize_run` settles what it leaves open (device, precision, vocabulary).
 
 Field types stay within what OmegaConf stores (int, float, bool, str, Optional, List, Enum), so the recipes
 can register these dataclasses in Hydra's ConfigStore as schemas. Each field has a docstring (the reference
@@ -11,7 +15,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import List, Optional, Type, TypeVar
+from functools import cached_property
+from typing import Any, List, Optional, Type, TypeVar
+
+from omegaconf import MISSING
+
+from bridge.data import DataConfig, Tokenizer, TokenizerConfig, build_tokenizer
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -226,3 +235,49 @@ class LoggingConfig:
 
     log_file: Optional[str] = None
     """Also append the log lines to this file (rank 0); None = console only."""
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs; each field is a node of the recipe YAML.
+
+    :func:`bridge.recipes.build_run_config` returns one with every node built (``model`` a provider
+    instance) and finalised; build one in Python and :func:`bridge.training.train` finalises it.
+    """
+
+    name: str = "run"
+    """Name of the run; the recipes put their outputs (checkpoints, TensorBoard) under ``outputs/<name>/``."""
+
+    family: str = MISSING
+    """gpt | t5: which model family the recipe trains (the ``model`` preset must be of this family)."""
+
+    model: Any = MISSING
+    """The model provider (``GPTModelProvider`` / ``T5ModelProvider`` fields); pick a preset with
+    ``model=<name>`` and change any field with ``model.<field>=<value>``. ``vocab_size`` comes from the
+    tokenizer; ``seq_length`` (and T5's ``decoder_seq_length``) set the length of every sample."""
+
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The tokenizer (byte-level by default, no files needed)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    """What to train on (the embedded corpus / fine-tuning task when no paths are given)."""
+
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer (megatron-core)."""
+
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    """Learning-rate schedule."""
+
+    train: TrainingConfig = field(default_factory=TrainingConfig)
+    """The training loop: steps, batch sizes, evaluation, seed, device, precision."""
+
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint folder, interval, resume, pretrained weights for fine-tuning."""
+
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    """Progress bar, log file, TensorBoard."""
+
+    @cached_property
+    def built_tokenizer(self) -> Tokenizer:
+        """The tokenizer ``tokenizer`` describes, built once per run (finalising and training share it)."""
+        return build_tokenizer(self.tokenizer)

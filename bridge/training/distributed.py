@@ -18,6 +18,7 @@ from megatron.core import parallel_state, tensor_parallel
 
 from bridge.models.parallel import ensure_model_parallel
 from bridge.training.config import Device, TrainingConfig, parse_choice
+from bridge.training.finalize import settled_device
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,9 @@ class DistributedEnv:
 
 def resolve_device(train_cfg: TrainingConfig) -> torch.device:
     """The device ``train.device`` asks for; ``cuda`` without a GPU is an error, ``auto`` falls back to the CPU."""
-    choice = parse_choice(Device, train_cfg.device, "train.device")
-    if choice is Device.cuda and not torch.cuda.is_available():
+    if parse_choice(Device, train_cfg.device, "train.device") is Device.cuda and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but no CUDA GPU is visible; use train.device=cpu or auto")
-    if choice is Device.cpu or not torch.cuda.is_available():
+    if settled_device(train_cfg.device) is Device.cpu:
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 

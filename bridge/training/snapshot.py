@@ -37,6 +37,10 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
+    if callable(value) and "<" not in getattr(value, "__qualname__", "<"):
+        # A module-level function (a provider's activation_func): stored as its import path, which the
+        # providers accept back.
+        return f"{value.__module__}.{value.__qualname__}"
     raise TypeError(f"cannot store a {type(value).__name__} in the run config snapshot: {value!r}")
 
 
@@ -47,12 +51,14 @@ def run_snapshot(run) -> Dict[str, Any]:
 
 def provider_from_snapshot(snapshot: Dict[str, Any], **overrides: Any):
     """The model provider described by a checkpoint's ``run_config``, with ``overrides`` applied."""
-    from bridge.models import GPTModelProvider, T5ModelProvider
+    from bridge.models import family_names, family_spec
 
-    family = str(snapshot.get("family", "gpt")).lower()
-    cls = {"gpt": GPTModelProvider, "t5": T5ModelProvider}.get(family)
-    if cls is None:
-        raise ValueError(f"checkpoint run_config has family={family!r}; expected gpt or t5")
+    family = snapshot.get("family", "gpt")
+    try:
+        cls = family_spec(family).provider_cls
+    except ValueError:
+        raise ValueError(f"checkpoint run_config has family={family!r}; expected one of: "
+                         f"{', '.join(family_names())}") from None
     return cls(**{**snapshot["model"], **overrides})
 
 

@@ -1,10 +1,7 @@
-"""Model FLOPs per sample, the device's peak, and MFU.
+"""Parameter counts, the device's peak, and peak memory: what tokens/s, TFLOP/s and MFU are measured against.
 
-Training FLOPs per token ≈ 6·N (forward + backward through N parameters) plus the attention score and
-value products, 12·L·h·s per token for a full (non-causal-skipping) attention over s keys in each of L
-layers of width h — the PaLM appendix formula, which counts what the model needs, not what a kernel
-happens to compute. T5: the encoder tokens see ``s_enc`` keys, the decoder tokens ``s_dec`` (self) +
-``s_enc`` (cross) keys.
+The model FLOPs of a sample come from each family's spec (``FamilySpec.flops_per_sample``, built on
+:func:`bridge.models.family.training_flops`).
 """
 
 from __future__ import annotations
@@ -55,18 +52,6 @@ def count_parameters(module: torch.nn.Module, tensor_parallel_size: int = 1, acr
         dist.all_reduce(total, group=parallel_state.get_pipeline_model_parallel_group())
         count = int(total)
     return count * tensor_parallel_size
-
-
-def training_flops_per_sample(provider, family: str, num_params: int) -> float:
-    """Forward + backward FLOPs for one sample of the provider's sequence length(s)."""
-    attn_width = provider.num_attention_heads * provider.head_dim
-    if family == "gpt":
-        s = provider.seq_length
-        return s * (6.0 * num_params + 12.0 * provider.num_layers * attn_width * s)
-    s_enc, s_dec = provider.seq_length, provider.resolved_decoder_seq_length
-    enc = s_enc * 12.0 * provider.resolved_encoder_layers * attn_width * s_enc
-    dec = s_dec * 12.0 * provider.resolved_decoder_layers * attn_width * (s_dec + s_enc)
-    return (s_enc + s_dec) * 6.0 * num_params + enc + dec
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -21,20 +21,20 @@ from typing import Dict, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 
-from bridge.data import DatasetKind, PretrainingSampler, build_datasets, build_tokenizer
-from bridge.interop.hf.finetune import adopt_hf_architecture
+from bridge.data import DatasetKind, PretrainingSampler
+from bridge.models import FamilySpec
 from bridge.training.checkpointing import load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
-from bridge.training.config import Precision, parse_choice
 from bridge.training.data_parallel import wrap_data_parallel
 from bridge.training.distributed import DistributedEnv, init_distributed, seed_everything
+from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
 from bridge.training.hf_checkpoints import load_pretrained
-from bridge.training.loss import batch_to_device, family_name, masked_loss, tokens_per_sample
+from bridge.training.loss import batch_to_device, masked_loss
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
 from bridge.training.reporting import Reporter
 from bridge.training.snapshot import run_snapshot
-from bridge.training.throughput import count_parameters, peak_memory_gib, peak_tflops, training_flops_per_sample
+from bridge.training.throughput import count_parameters, peak_memory_gib, peak_tflops
 
 logger = logging.getLogger("bridge.training")
 
@@ -72,17 +72,6 @@ class TrainResult:
     """The attention backends the model's layers ran in their latest forward (``last_backend``)."""
 
 
-def resolve_precision(precision, device: torch.device) -> str:
-    """'fp32' | 'bf16' | 'fp16' for ``train.precision`` on ``device`` (auto: bf16 on GPU, fp32 on CPU)."""
-    choice = parse_choice(Precision, precision, "train.precision")
-    if choice is Precision.auto:
-        return "bf16" if device.type == "cuda" else "fp32"
-    if choice is Precision.fp16 and device.type != "cuda":
-        raise ValueError("train.precision=fp16 needs CUDA (dynamic loss scaling lives in megatron-core's GPU "
-                         "optimizer); use fp32 or bf16 on the CPU")
-    return choice.value
-
-
 def batch_plan(train_cfg, data_parallel_size: int) -> int:
     """Micro-batches accumulated per step; global batch must be micro × accumulation × data-parallel size."""
     per_pass = train_cfg.micro_batch_size * data_parallel_size
@@ -92,16 +81,6 @@ def batch_plan(train_cfg, data_parallel_size: int) -> int:
             f"{train_cfg.micro_batch_size} × data-parallel size {data_parallel_size} = {per_pass}; "
             f"use a multiple of {per_pass}")
     return train_cfg.global_batch_size // per_pass
-
-
-def _prepare_model_config(run, tokenizer, precision: str) -> None:
-    model = run.model
-    if model.vocab_size is None:
-        model.vocab_size = tokenizer.vocab_size
-    elif model.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary "
-                         f"({tokenizer.vocab_size}); set model.vocab_size={tokenizer.vocab_size} or leave it null")
-    model.dtype = precision
 
 
 def _build_model(run, env: DistributedEnv, precision: str):
@@ -149,12 +128,12 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: str) -> float:
+def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: FamilySpec) -> float:
     """Mean validation loss over ``train.eval_steps`` micro-batches per rank (always the same samples)."""
     micro, steps = run.train.micro_batch_size, run.train.eval_steps
     batches = _loader(valid_ds, steps * micro * env.data_parallel_size, 0, micro, env, 0)
     if env.pipeline_parallel_size > 1:
-        return pipeline_evaluate(wrapped, batches, steps, micro, run.data.seq_length, env.device)
+        return pipeline_evaluate(wrapped, batches, steps, micro, run.model.seq_length, env.device)
     wrapped.eval()
     total = torch.zeros((), device=env.device)
     for batch in batches:
@@ -173,14 +152,12 @@ def _embedded_task_accuracy(core, tokenizer, run, limit: int) -> float:
 
 
 def train(run) -> TrainResult:
-    """Run ``run`` (a ``bridge.recipes.RunConfig`` or anything with its attributes) to ``train.train_steps``."""
-    family = family_name(run.family)
+    """Run ``run`` (a :class:`bridge.training.RunConfig`) to ``train.train_steps``."""
+    family = finalize_run(run)
     env = init_distributed(run)
-    precision = resolve_precision(run.train.precision, env.device)
+    precision = run.train.precision.value
     seed_everything(run.train.seed, env.device)
-    tokenizer = build_tokenizer(run.tokenizer)
-    adopt_hf_architecture(run, tokenizer)  # checkpoint.pretrained_checkpoint=hf:<dir>: the directory decides the architecture
-    _prepare_model_config(run, tokenizer, precision)
+    tokenizer = run.built_tokenizer
     accumulation = batch_plan(run.train, env.data_parallel_size)
     core, wrapped = _build_model(run, env, precision)
     optimizer = build_optimizer(wrapped if env.device.type == "cuda" else core, run.optimizer,
@@ -201,22 +178,21 @@ def train(run) -> TrainResult:
         logger.info("loaded pretrained weights from %s", path)
     # Weights, optimizer state and RNG are restored; the loop continues with the data the sampler dictates.
 
-    train_ds, valid_ds = build_datasets(run.data, tokenizer, family)
+    train_ds, valid_ds = family.build_datasets(run.data, tokenizer, run.model)
     cfg = run.train
     total_samples = cfg.train_steps * cfg.global_batch_size
     result = TrainResult()
     reporter = Reporter(run.logging, cfg.train_steps, step, env.is_main)
     num_params = count_parameters(core, env.tensor_parallel_size, env.pipeline_parallel_size > 1)
-    flops_per_sample = training_flops_per_sample(run.model, family, num_params)
+    flops_per_sample = family.flops_per_sample(run.model, num_params)
     peak = peak_tflops(env.device, core.config.params_dtype)
-    reporter.line(f"model: {family} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
+    reporter.line(f"model: {family.name} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
                   f"{env.world_size} process(es) (data parallel {env.data_parallel_size}, tensor parallel "
                   f"{env.tensor_parallel_size}, pipeline parallel {env.pipeline_parallel_size}), global batch "
                   f"{cfg.global_batch_size} = {cfg.micro_batch_size} × {accumulation} × {env.data_parallel_size}")
-    score_task = (family == "gpt" and getattr(run.data.kind, "value", run.data.kind) == DatasetKind.finetune.value
-                  and not run.data.paths and cfg.task_accuracy_examples)
+    score_task = (family.generates_text and run.data.kind is DatasetKind.finetune and not run.data.paths and cfg.task_accuracy_examples)
     pipelined = env.pipeline_parallel_size > 1
-    if pipelined and (score_task or (family == "gpt" and cfg.generate_sample)):
+    if pipelined and (score_task or (family.generates_text and cfg.generate_sample)):
         # generate() runs the whole model in one process; a stage holds only part of it
         reporter.line(f"pipeline parallel {env.pipeline_parallel_size}: end-of-run sample and embedded task "
                       "accuracy are skipped (generate from the checkpoint with pipeline size 1)")
@@ -238,7 +214,7 @@ def train(run) -> TrainResult:
             result.checkpoint = save_checkpoint(ckpt.dir, cfg.train_steps, core, optimizer, scheduler,
                                                 total_samples, snapshot, ckpt.keep_last)
             reporter.line(f"saved checkpoint {result.checkpoint}")
-        if family == "gpt" and cfg.generate_sample and not pipelined:
+        if family.generates_text and cfg.generate_sample and not pipelined:
             result.sample = generate(core, tokenizer, SAMPLE_PROMPT, max_new_tokens=64)
             reporter.line(f"sample: {SAMPLE_PROMPT}{result.sample!r}")
         if score_task:
@@ -261,7 +237,7 @@ def _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_
         wrapped.zero_grad_buffer()
         optimizer.zero_grad()
         if env.pipeline_parallel_size > 1:  # GPT only: every sample is seq_length tokens
-            sample_tokens = run.data.seq_length
+            sample_tokens = run.model.seq_length
             mean_loss = pipeline_train_step(wrapped, batches, accumulation, cfg.micro_batch_size, sample_tokens,
                                             env.device)
         else:
@@ -269,7 +245,7 @@ def _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_
             sample_tokens = 0
             for i in range(accumulation):
                 batch = batch_to_device(next(batches), env.device)
-                sample_tokens = tokens_per_sample(batch, family)
+                sample_tokens = family.tokens_per_sample(batch)
                 with wrapped.no_sync() if i < accumulation - 1 else nullcontext():
                     loss, _ = masked_loss(wrapped, batch, family)
                     scale = loss_scale() if callable(loss_scale) else 1.0

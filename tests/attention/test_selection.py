@@ -107,3 +107,15 @@ def test_fused_rules_name_the_constraint():
     assert fused.unsupported_reason(fp32) == "fused (cuDNN) attention supports bf16 and fp16, not float32"
     odd = AttentionInputs("cuda", torch.bfloat16, 60, 8, 8, 0.0)
     assert "multiple of 8" in fused.unsupported_reason(odd)
+
+
+def test_a_layer_decides_once_per_input_signature(monkeypatch):
+    from bridge.attention import selection
+
+    calls = []
+    real = selection.select_backend
+    monkeypatch.setattr(selection, "select_backend", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    choice = selection.LayerBackend(AttnBackend.auto, layer="gpt layer 1 (self attention)")
+    longer = AttentionInputs(**{**CPU_INPUTS.__dict__, "seqlen_q": 256, "seqlen_k": 256})
+    assert [choice.choose(x) for x in (CPU_INPUTS, CPU_INPUTS, longer, CPU_INPUTS)] == [AttnBackend.local] * 4
+    assert calls == [CPU_INPUTS, longer] and choice.last is AttnBackend.local

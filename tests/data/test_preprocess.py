@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from bridge.data import DataConfig, TokenizerConfig, build_datasets, build_tokenizer, open_indexed_dataset
+from bridge.data import DataConfig, TokenizerConfig, build_tokenizer, open_indexed_dataset
+from tests.data.family_datasets import family_datasets
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS = [f"document number {i}: " + "lorem ipsum " * (i % 7 + 1) for i in range(40)]
@@ -43,8 +44,8 @@ def test_indexed_dataset_holds_documents_with_eod(prefix):
 def test_gpt_dataset_windows_cover_the_stream(prefix):
     tok = build_tokenizer(TokenizerConfig())
     seq = 32
-    cfg = DataConfig(paths=[prefix], split="3,1", seq_length=seq, seed=7)
-    train, valid = build_datasets(cfg, tok, "gpt")
+    cfg = DataConfig(paths=[prefix], split="3,1", seed=7)
+    train, valid = family_datasets(cfg, tok, "gpt", seq)
     # Contiguous document split 3:1 -> the first 30 documents train, the last 10 validate.
     stream = [t for d in DOCS[:30] for t in tok.encode(d) + [tok.eos_id]]
     assert len(train) == (len(stream) - 1) // seq
@@ -62,10 +63,10 @@ def test_gpt_dataset_windows_cover_the_stream(prefix):
 
 def test_valid_paths_and_missing_prefix(prefix, tmp_path):
     tok = build_tokenizer(TokenizerConfig())
-    train, valid = build_datasets(DataConfig(paths=[prefix], valid_paths=[prefix], seq_length=16), tok, "gpt")
+    train, valid = family_datasets(DataConfig(paths=[prefix], valid_paths=[prefix]), tok, "gpt", 16)
     assert len(train) == len(valid)
     with pytest.raises(FileNotFoundError, match="missing"):
-        build_datasets(DataConfig(paths=[str(tmp_path / "absent")], seq_length=16), tok, "gpt")
+        family_datasets(DataConfig(paths=[str(tmp_path / "absent")]), tok, "gpt", 16)
 
 
 def test_reading_with_another_tokenizer_is_an_error(prefix, hf_tokenizer_file):
@@ -100,7 +101,7 @@ def test_preprocess_errors_exit_nonzero(tmp_path, capsys):
 
 def test_embedded_default_is_an_indexed_dataset(cache_dir):
     tok = build_tokenizer(TokenizerConfig())
-    train, valid = build_datasets(DataConfig(seq_length=128, cache_dir=cache_dir), tok, "gpt")
+    train, valid = family_datasets(DataConfig(cache_dir=cache_dir), tok, "gpt", 128)
     assert len(train) > 10_000 and len(valid) > 100
     text = tok.decode(train[0]["tokens"].tolist())
     assert sum(c.isalpha() for c in text) > 60  # prose, not noise

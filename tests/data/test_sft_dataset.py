@@ -5,8 +5,9 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from bridge.data import DataConfig, TokenizerConfig, build_datasets, build_tokenizer
+from bridge.data import DataConfig, TokenizerConfig, build_tokenizer
 from bridge.data.sft_dataset import Example, GPTFinetuneDataset, T5FinetuneDataset
+from tests.data.family_datasets import family_datasets
 
 TOK = build_tokenizer(TokenizerConfig())
 EXAMPLES = [Example("Q: 2+2?\nA: ", "4"), Example("Q: capital of France?\nA: ", "Paris"),
@@ -61,20 +62,19 @@ def test_t5_finetune_sample():
 
 def test_jsonl_keys_are_configurable_and_checked(tmp_path):
     path = _write(tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": f"a{i}"} for i in range(10)])
-    cfg = DataConfig(kind="finetune", paths=[path], prompt_key="question", response_key="answer", seq_length=16,
-                     split="8,2")
-    train, valid = build_datasets(cfg, TOK, "gpt")
+    cfg = DataConfig(kind="finetune", paths=[path], prompt_key="question", response_key="answer", split="8,2")
+    train, valid = family_datasets(cfg, TOK, "gpt", 16)
     assert (len(train), len(valid)) == (8, 2)
     with pytest.raises(ValueError, match=r"qa.jsonl:1: no key 'prompt' \(keys there: answer, question\)"):
-        build_datasets(DataConfig(kind="finetune", paths=[path], seq_length=16), TOK, "gpt")
+        family_datasets(DataConfig(kind="finetune", paths=[path]), TOK, "gpt", 16)
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
-        build_datasets(DataConfig(kind="finetune", paths=[str(tmp_path / "missing.jsonl")]), TOK, "t5")
+        family_datasets(DataConfig(kind="finetune", paths=[str(tmp_path / "missing.jsonl")]), TOK, "t5", 512, 128)
 
 
 def test_embedded_task_for_both_families_and_omegaconf_node(cache_dir):
-    node = OmegaConf.structured(DataConfig(kind="finetune", seq_length=48, decoder_seq_length=16, cache_dir=cache_dir))
-    gpt_train, gpt_valid = build_datasets(node, TOK, "gpt")
-    t5_train, t5_valid = build_datasets(node, TOK, "t5")
+    node = OmegaConf.structured(DataConfig(kind="finetune", cache_dir=cache_dir))
+    gpt_train, gpt_valid = family_datasets(node, TOK, "gpt", 48)
+    t5_train, t5_valid = family_datasets(node, TOK, "t5", 48, 16)
     assert len(gpt_train) == len(t5_train) == 4000 and len(gpt_valid) == len(t5_valid) == 200
     s = gpt_train[0]
     prompt = TOK.decode(s["tokens"][s["loss_mask"] == 0].tolist())
@@ -87,7 +87,5 @@ def test_bad_config_values():
         DataConfig(kind="sft")
     with pytest.raises(ValueError, match="two positive weights"):
         DataConfig(split="100")
-    with pytest.raises(ValueError, match="seq_length"):
-        DataConfig(seq_length=1)
-    with pytest.raises(ValueError, match="gpt, t5"):
-        build_datasets(DataConfig(), TOK, "bert")
+    with pytest.raises(TypeError, match="seq_length"):
+        DataConfig(seq_length=128)  # the model owns the sample lengths

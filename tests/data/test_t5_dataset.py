@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from bridge.data import DataConfig, TokenizerConfig, build_datasets, build_tokenizer
+from bridge.data import DataConfig, TokenizerConfig, build_tokenizer
 from bridge.data.t5_dataset import corrupt_spans, noise_counts, raw_window_length
+from tests.data.family_datasets import family_datasets
 
 
 def _reconstruct(enc, labels, sentinels, eos):
@@ -50,7 +51,7 @@ def test_window_length_fits_both_sides():
 
 def test_t5_samples_from_embedded_corpus(cache_dir):
     tok = build_tokenizer(TokenizerConfig())
-    train, valid = build_datasets(DataConfig(seq_length=128, decoder_seq_length=32, cache_dir=cache_dir), tok, "t5")
+    train, valid = family_datasets(DataConfig(cache_dir=cache_dir), tok, "t5", 128, 32)
     sentinels, eos = set(tok.sentinel_ids), tok.eos_id
     original = train.stream
     for index in (0, 5, len(train) + 5):  # the last one is in epoch 1: new order, new noise
@@ -76,4 +77,4 @@ def test_t5_samples_from_embedded_corpus(cache_dir):
 def test_too_short_sequences_are_an_error(cache_dir):
     tok = build_tokenizer(TokenizerConfig())
     with pytest.raises(ValueError, match="no room"):
-        build_datasets(DataConfig(seq_length=4, decoder_seq_length=2, cache_dir=cache_dir), tok, "t5")
+        family_datasets(DataConfig(cache_dir=cache_dir), tok, "t5", 4, 2)

@@ -88,10 +88,13 @@ def test_hf_reference_errors(tmp_path, data_cache):
     with pytest.raises(HFConversionError, match="is not a directory"):
         adopt_hf_architecture(run, tokenizer)
     hf_dir = save_hf_model(lambda: CAUSAL_LM_BUILDERS["gpt2"](), tmp_path / "short")
-    run.data.seq_length = 128  # longer than its 64 learned positions
+    run.model.seq_length = 128  # longer than its 64 learned positions
     run.checkpoint = CheckpointConfig(pretrained_checkpoint=f"hf:{hf_dir}")
-    with pytest.raises(HFConversionError, match="data.seq_length=128 is longer than .* 64 learned positions"):
+    with pytest.raises(HFConversionError, match="model.seq_length=128 is longer than .* 64 learned positions"):
         adopt_hf_architecture(run, tokenizer)
+    run.model.seq_length = 32
+    adopt_hf_architecture(run, tokenizer)
+    assert (run.model.seq_length, run.model.max_position_embeddings) == (32, 64)  # samples of 32, 64 positions
 
 
 def test_convert_import_then_export_is_bit_identical(tmp_path, capsys):

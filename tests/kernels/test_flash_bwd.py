@@ -251,7 +251,7 @@ def test_bad_arguments_raise_readable_errors():
 
 # ---- timing against SDPA's FlashAttention-2 backward (python tests/kernels/test_flash_bwd.py --bench) -------
 
-BENCH_CONFIGS = [  # (b, h, h_kv, d, s, causal), KERNEL.md's configurations
+BENCH_CONFIGS = [  # (b, h, h_kv, d, s, causal), docs/kernel.md's configurations
     (2, 16, 16, 64, 512, False), (2, 16, 16, 128, 2048, True), (2, 32, 4, 128, 8192, True),
     (8, 32, 32, 64, 2048, False), (8, 32, 32, 64, 2048, True), (1, 32, 32, 64, 16384, True),
     (8, 16, 16, 128, 2048, False), (2, 16, 16, 128, 8192, True), (1, 16, 16, 128, 16384, False),
@@ -273,7 +273,7 @@ def _median_ms(fn, reps=20):
 
 
 def bench() -> None:
-    """Backward TFLOP/s of this kernel and of SDPA's FA2 backend on the KERNEL.md configurations."""
+    """Backward TFLOP/s of this kernel and of SDPA's FA2 backend on the docs/kernel.md configurations."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     ops = _ops()

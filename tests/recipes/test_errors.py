@@ -18,7 +18,7 @@ TRAIN = REPO / "scripts" / "train.py"
 
 @pytest.mark.parametrize("recipe, overrides, message", [
     ("gpt_pretrain", ["model.num_layer=3"], "unknown config key 'model.num_layer'; did you mean 'model.num_layers'?"),
-    ("gpt_pretrain", ["data.seq_lenght=3"], "unknown config key 'data.seq_lenght'; did you mean 'data.seq_length'?"),
+    ("gpt_pretrain", ["data.num_worker=3"], "unknown config key 'data.num_worker'; did you mean 'data.num_workers'?"),
     ("gpt_pretrain", ["train.lr=3"], "unknown config key 'train.lr'; did you mean 'optimizer.lr'?"),
     ("t5_pretrain", ["model.encoder.use_flash_atention=true"],
      "unknown config key 'model.encoder.use_flash_atention'; did you mean 'model.encoder.use_flash_attention'?"),
@@ -30,7 +30,7 @@ TRAIN = REPO / "scripts" / "train.py"
     ("gpt_pretrain", ["model.num_query_groups=3"], "model: num_query_groups=3 does not divide num_attention_heads=2"),
     ("gpt_pretrain", ["train.global_batch_size=12"], "train.global_batch_size=12 must be a multiple of train.micro_batch_size=8"),
     ("gpt_pretrain", ["family=bert"], "family='bert' is not valid; use one of: gpt, t5"),
-    ("gpt_pretrain", ["tokenizer.type=wordpiece"], "tokenizer.type='wordpiece' is not valid"),
+    ("gpt_pretrain", ["tokenizer.type=tiktoken"], "tokenizer.type='tiktoken' is not valid"),
 ])
 def test_error_is_one_line_with_the_fix(recipe, overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -74,8 +74,8 @@ def test_train_script_cfg_prints_the_validated_run_without_training():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.dtype=fp64"], "model.dtype='fp64' is not a supported dtype; valid values: fp32, bf16, fp16"),
-    (["data.seq_length=${model.seq_len}"], "data.seq_length: Interpolation key 'model.seq_len' not found"),
+    (["model.dtype=fp64"], "model: dtype='fp64' is not a supported dtype; valid values: fp32, bf16, fp16"),
+    (["data.seed=${model.seq_len}"], "data.seed: Interpolation key 'model.seq_len' not found"),
     (["model.seq_length"], "cannot parse override"),
 ])
 def test_other_bad_values_are_config_errors(overrides, message):

@@ -20,7 +20,7 @@ def test_shipped_nemo1_gpt_translates_key_by_key():
     run = load_config("legacy/nemo1_gpt")
     assert (run.family, run.name) == ("gpt", "megatron_gpt")
     assert (run.model.num_layers, run.model.hidden_size, run.model.ffn_hidden_size) == (4, 128, 512)
-    assert (run.model.seq_length, run.data.seq_length) == (256, 256)
+    assert run.model.seq_length == 256
     assert run.model.position_embedding_type == "rope" and run.model.normalization == "LayerNorm"
     assert run.model.use_flash_attention is False and run.model.attention_backend.value == "auto"
     assert (run.train.train_steps, run.train.micro_batch_size, run.train.global_batch_size) == (300, 8, 8)
@@ -39,7 +39,6 @@ def test_shipped_nemo1_t5_translates_per_stack_keys():
     assert run.family == "t5"
     assert (run.model.encoder_num_layers, run.model.decoder_num_layers, run.model.hidden_size) == (2, 2, 128)
     assert (run.model.seq_length, run.model.decoder_seq_length) == (128, 64)
-    assert (run.data.seq_length, run.data.decoder_seq_length) == (128, 64)
     assert run.model.encoder.use_flash_attention is False and run.model.decoder.use_flash_attention is False
     assert run.scheduler.decay_style.value == "linear" and run.scheduler.warmup_steps == 20  # 0.1 × 200
     assert run.data.noise_density == 0.15 and run.optimizer.betas == [0.9, 0.999]
@@ -48,7 +47,7 @@ def test_shipped_nemo1_t5_translates_per_stack_keys():
 def test_nemo1_overrides_use_nemo1_names():
     run = load_config("legacy/nemo1_gpt", ["trainer.max_steps=50", "model.encoder_seq_length=128",
                                            "model.use_flash_attention=true", "trainer.precision=bf16-mixed"])
-    assert run.train.train_steps == 50 and run.model.seq_length == run.data.seq_length == 128
+    assert run.train.train_steps == 50 and run.model.seq_length == 128
     assert run.model.attention_backend.value == "flash" and run.model.dtype == "bf16"
     run = load_config("legacy/nemo1_t5", ["model.decoder.use_flash_attention=true"])
     assert run.model.decoder_attention_backend.value == "flash"

@@ -26,7 +26,6 @@ def test_build_run_config_from_a_hand_made_config():
     cfg = OmegaConf.structured(RunConfig)
     cfg.family = "gpt"
     cfg.model = {"num_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "seq_length": 64}
-    cfg.data.seq_length = 64
     run = build_run_config(cfg)
     assert isinstance(run.model, GPTModelProvider) and run.model.vocab_size == 359
     cfg.model.num_layerz = 3
@@ -55,7 +54,7 @@ def test_preset_registered_later_is_a_model_choice():
         register_preset(name, GPTModelProvider, "test preset", num_layers=1, hidden_size=64,
                         num_attention_heads=2, seq_length=32)
     run = load_config("gpt_pretrain", [f"model={name}"])
-    assert (run.model.num_layers, run.model.hidden_size, run.data.seq_length) == (1, 64, 32)
+    assert (run.model.num_layers, run.model.hidden_size, run.model.seq_length) == (1, 64, 32)
 
 
 def test_user_config_dir_with_own_recipe_and_model(tmp_path):
@@ -77,7 +76,7 @@ def test_user_config_dir_with_own_recipe_and_model(tmp_path):
           train_steps: 20
         """))
     run = load_config("mine", config_dir=tmp_path)
-    assert (run.name, run.model.hidden_size, run.data.seq_length, run.train.train_steps) == ("mine", 64, 64, 20)
+    assert (run.name, run.model.hidden_size, run.model.seq_length, run.train.train_steps) == ("mine", 64, 64, 20)
     assert run.checkpoint.dir == "outputs/mine/checkpoints"
     (tmp_path / "model" / "my_typo.yaml").write_text("num_layers: 2\nhiden_size: 64\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'model.hiden_size'; did you mean 'model.hidden_size'\?"):

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 import torch
+from bridge.models import family_spec
 from bridge.recipes import ConfigError, build_run_config, compose_config, load_config
 from tests.recipes.conftest import attention_modules, backends_by_stack
 
@@ -153,9 +154,10 @@ def test_legacy_flags_in_a_yaml_recipe(tmp_path, caplog, build_anywhere):
     (["model=gpt_126m"], 2048),
     (["model=gpt_126m", "data.seq_length=512"], 512),
 ])
-def test_gpt_seq_length_stays_consistent(overrides, expected):
+def test_gpt_seq_length_has_one_owner(overrides, expected):
+    """``data.seq_length`` is an alias of ``model.seq_length``, the one owner of the sample length."""
     run = load_config("gpt_pretrain", overrides)
-    assert run.model.seq_length == run.data.seq_length == expected
+    assert run.model.seq_length == expected
 
 
 @pytest.mark.parametrize("overrides, enc, dec", [
@@ -164,15 +166,22 @@ def test_gpt_seq_length_stays_consistent(overrides, expected):
     (["model.decoder_seq_length=16", "data.seq_length=48"], 48, 16),
     (["model=t5_base"], 512, 128),
 ])
-def test_t5_seq_lengths_stay_consistent(overrides, enc, dec):
+def test_t5_seq_lengths_have_one_owner(overrides, enc, dec):
     run = load_config("t5_pretrain", overrides)
-    assert (run.model.seq_length, run.data.seq_length) == (enc, enc)
-    assert (run.model.decoder_seq_length, run.data.decoder_seq_length) == (dec, dec)
+    assert (run.model.seq_length, run.model.resolved_decoder_seq_length) == (enc, dec)
 
 
 def test_t5_decoder_length_none_means_encoder_length():
     run = load_config("t5_pretrain", ["model.decoder_seq_length=null"])
-    assert run.model.decoder_seq_length == run.data.decoder_seq_length == run.model.seq_length
+    assert run.model.decoder_seq_length is None and run.model.resolved_decoder_seq_length == run.model.seq_length
+
+
+def test_datasets_take_their_lengths_from_the_model(tmp_path):
+    run = load_config("t5_finetune", ["data.seq_length=48", "data.decoder_seq_length=16",
+                                      f"data.cache_dir={tmp_path}"])
+    train, _ = family_spec("t5").build_datasets(run.data, run.built_tokenizer, run.model)
+    sample = train[0]
+    assert (sample["enc_tokens"].shape[0], sample["dec_tokens"].shape[0]) == (48, 16)
 
 
 def test_disagreeing_seq_length_overrides_are_an_error():
@@ -180,14 +189,15 @@ def test_disagreeing_seq_length_overrides_are_an_error():
         load_config("gpt_pretrain", ["model.seq_length=64", "data.seq_length=32"])
 
 
-def test_disagreeing_seq_lengths_set_in_python_are_an_error():
-    cfg = compose_config("gpt_pretrain")
-    cfg.data.seq_length = 100
-    with pytest.raises(ConfigError, match=r"model.seq_length=256 but data.seq_length=100: they must be equal"):
-        build_run_config(cfg)
-    cfg = compose_config("gpt_pretrain")
-    cfg.model.seq_length = 100  # the data follows through the recipe's interpolation
-    assert build_run_config(cfg).data.seq_length == 100
+def test_the_old_data_length_key_in_a_yaml_names_the_new_one(tmp_path):
+    (tmp_path / "old.yaml").write_text("defaults:\n  - gpt_pretrain\n  - _self_\ndata:\n  seq_length: 64\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'data.seq_length'; it moved to 'model.seq_length'"):
+        load_config("old", config_dir=tmp_path)
+
+
+def test_a_length_restated_by_interpolation_is_accepted():
+    run = load_config("gpt_pretrain", ["model.seq_length=96", "data.seq_length=${model.seq_length}"])
+    assert run.model.seq_length == 96
 
 
 # -- other values -------------------------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ def main() -> None:
     if args.full_tiny:
         heads = {"num_attention_heads": args.heads} if args.heads else {}
         run.model = get_preset("gpt_tiny", attention_backend=args.backend, **heads)
-        run.data.seq_length = run.model.seq_length
     run.checkpoint = CheckpointConfig(dir=args.ckpt_dir, save_interval=args.save_interval, keep_last=0)
     start = time.time()
     result = train(run)

@@ -22,8 +22,10 @@ HF_PREFIX = "hf:"
 RUN_CHOICES = ("attention_backend", "use_flash_attention", "deterministic_attention", "dtype",
                "tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
                "use_cpu_initialization", "init_method_std", "hidden_dropout", "attention_dropout",
-               "encoder_attention_backend", "decoder_attention_backend", "encoder", "decoder")
-"""Provider fields the recipe keeps when the architecture comes from a Hugging Face directory."""
+               "encoder_attention_backend", "decoder_attention_backend", "encoder", "decoder",
+               "seq_length", "decoder_seq_length")
+"""Provider fields the recipe keeps when the architecture comes from a Hugging Face directory (the sample
+lengths are the run's; the directory's context length is kept as ``max_position_embeddings``)."""
 
 
 def hf_directory(reference: Optional[str]) -> Optional[str]:
@@ -39,7 +41,8 @@ def hf_directory(reference: Optional[str]) -> Optional[str]:
 
 def adopt_hf_architecture(run, tokenizer) -> None:
     """When ``run.checkpoint.pretrained_checkpoint`` is ``hf:<dir>``, replace ``run.model`` by the provider of
-    ``<dir>``'s config.json (keeping the run's :data:`RUN_CHOICES`); otherwise do nothing.
+    ``<dir>``'s config.json (keeping the run's :data:`RUN_CHOICES`); otherwise do nothing. The directory's
+    context length becomes ``model.max_position_embeddings``; ``model.seq_length`` stays the run's sample length.
 
     ``tokenizer`` is the run's: when it only adds ids past the checkpoint's vocabulary (the 100 T5 sentinels
     bridge appends to a tokenizer that has none), the embedding grows by zero rows to hold them.
@@ -53,15 +56,15 @@ def adopt_hf_architecture(run, tokenizer) -> None:
     if type(provider) is not type(current):
         raise HFConversionError(f"{directory} holds a {type(provider).__name__.replace('ModelProvider', '')} model but "
                                 f"this run trains family={run.family}; use the matching recipe")
+    if provider.position_embedding_type == "learned_absolute" and current.seq_length > provider.resolved_max_positions:
+        raise HFConversionError(f"model.seq_length={current.seq_length} is longer than {directory}'s "
+                                f"{provider.resolved_max_positions} learned positions; set model.seq_length <= "
+                                f"{provider.resolved_max_positions}")
     provider = type(provider)(**{**_fields(provider), **{k: v for k, v in kept.items() if k in _fields(provider)}})
     if tokenizer.text_vocab_size <= provider.vocab_size < tokenizer.vocab_size:
         logger.info("%s: %d ids the tokenizer adds past its vocabulary of %d get zero embedding rows", directory,
                     tokenizer.vocab_size - provider.vocab_size, provider.vocab_size)
         provider.vocab_size = tokenizer.vocab_size
-    data_length = getattr(run.data, "seq_length", None)
-    if provider.position_embedding_type == "learned_absolute" and data_length and data_length > provider.seq_length:
-        raise HFConversionError(f"data.seq_length={data_length} is longer than {directory}'s {provider.seq_length} "
-                                f"learned positions; set data.seq_length <= {provider.seq_length}")
     tokenizer_cfg = run.tokenizer
     if str(getattr(tokenizer_cfg.type, "value", tokenizer_cfg.type)) == "byte" and os.path.isfile(
             os.path.join(directory, "tokenizer.json")):

@@ -29,7 +29,8 @@ def provider_fields(config: Dict):
     return GPTModelProvider, dict(
         num_layers=r.need("n_layer"), hidden_size=hidden, num_attention_heads=r.need("n_head"),
         ffn_hidden_size=r.get("n_inner", 4 * hidden), seq_length=r.need("n_positions"),
-        vocab_size=r.need("vocab_size"), make_vocab_size_divisible_by=1,
+        max_position_embeddings=r.need("n_positions"),
+        vocab_size=r.need("vocab_size"), make_vocab_size_divisible_by=1, should_pad_vocab=True,
         position_embedding_type="learned_absolute", normalization="LayerNorm",
         layernorm_epsilon=r.get("layer_norm_epsilon", 1e-5),
         activation=r.choice("activation_function", "gelu_new", _ACTIVATIONS), add_bias_linear=True,
@@ -79,7 +80,7 @@ def hf_config(p: GPTModelProvider, special: Dict[str, Optional[int]]):
 
     transformers = require("transformers")
     return transformers.GPT2Config(
-        vocab_size=p.vocab_size, n_positions=p.seq_length, n_embd=p.hidden_size, n_layer=p.num_layers,
+        vocab_size=p.vocab_size, n_positions=p.resolved_max_positions, n_embd=p.hidden_size, n_layer=p.num_layers,
         n_head=p.num_attention_heads, n_inner=p.resolved_ffn_hidden_size(),
         activation_function=_EXPORT_ACTIVATIONS[p.activation], layer_norm_epsilon=p.layernorm_epsilon,
         resid_pdrop=p.hidden_dropout, embd_pdrop=p.hidden_dropout, attn_pdrop=p.attention_dropout,

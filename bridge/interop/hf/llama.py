@@ -68,8 +68,9 @@ def provider_fields(config: Dict):
     return GPTModelProvider, dict(
         num_layers=r.need("num_hidden_layers"), hidden_size=hidden, ffn_hidden_size=r.need("intermediate_size"),
         num_attention_heads=heads, num_query_groups=r.get("num_key_value_heads", heads),
-        kv_channels=r.get("head_dim", hidden // heads), seq_length=context, vocab_size=r.need("vocab_size"),
-        make_vocab_size_divisible_by=1, position_embedding_type="rope", normalization="RMSNorm",
+        kv_channels=r.get("head_dim", hidden // heads), seq_length=context, max_position_embeddings=context,
+        vocab_size=r.need("vocab_size"),
+        make_vocab_size_divisible_by=1, should_pad_vocab=True, position_embedding_type="rope", normalization="RMSNorm",
         layernorm_epsilon=r.get("rms_norm_eps", 1e-6), activation="swiglu", add_bias_linear=bias,
         add_qkv_bias=qkv_bias, share_embeddings_and_output_weights=r.get("tie_word_embeddings", False),
         hidden_dropout=0.0, attention_dropout=r.get("attention_dropout", 0.0), **_rope_fields(r),
@@ -123,7 +124,7 @@ def hf_config(p: GPTModelProvider, special: Dict[str, Optional[int]]):
         vocab_size=p.vocab_size, hidden_size=p.hidden_size, intermediate_size=p.resolved_ffn_hidden_size(),
         num_hidden_layers=p.num_layers, num_attention_heads=p.num_attention_heads,
         num_key_value_heads=p.num_query_groups or p.num_attention_heads, head_dim=p.head_dim,
-        max_position_embeddings=p.seq_length, rms_norm_eps=p.layernorm_epsilon, hidden_act="silu",
+        max_position_embeddings=p.resolved_max_positions, rms_norm_eps=p.layernorm_epsilon, hidden_act="silu",
         tie_word_embeddings=p.share_embeddings_and_output_weights, attention_dropout=p.attention_dropout,
         rope_parameters=rope, **{k: v for k, v in special.items() if v is not None},
     )

@@ -45,10 +45,33 @@ def check_layer_norm_support(provider: TransformerProvider) -> None:
         )
 
 
+def check_vp_stage(provider: TransformerProvider, vp_stage) -> None:
+    """``vp_stage`` must name one of the provider's virtual pipeline stages (or be None without them)."""
+    vp = provider.virtual_pipeline_model_parallel_size
+    if vp_stage is None:
+        if vp is not None and vp > 1:
+            raise ValueError(f"virtual_pipeline_model_parallel_size={vp}: provide(vp_stage=...) needs the stage "
+                             f"(0 .. {vp - 1}), or use provide_distributed_model() for all of this rank's chunks")
+        return
+    if not isinstance(vp_stage, int) or not 0 <= vp_stage < (vp or 1):
+        raise ValueError(f"vp_stage={vp_stage!r} is not a virtual pipeline stage of this provider "
+                         f"(virtual_pipeline_model_parallel_size={vp}; valid: 0 .. {(vp or 1) - 1})")
+
+
+def check_recompute_support(provider: TransformerProvider) -> None:
+    """Activation recomputation runs through megatron-core's checkpoint function, which saves and restores
+    the CUDA RNG state unconditionally; without a GPU that is one clear error instead of a deep traceback."""
+    if provider.recompute_granularity is not None and not torch.cuda.is_available():
+        raise ValueError(
+            f"recompute_granularity={provider.recompute_granularity} needs a CUDA GPU (megatron-core's activation "
+            "checkpointing saves the CUDA RNG state); leave it None on a CPU-only machine")
+
+
 def check_provider_for_this_machine(provider: TransformerProvider) -> None:
     """The checks ``provide()`` makes before building, without building anything (``scripts/train.py --cfg``):
     every explicit attention backend of the model must be able to run here."""
     check_layer_norm_support(provider)
+    check_recompute_support(provider)
     if hasattr(provider, "encoder_attention_backend"):  # T5: one backend per stack
         for stack in ("encoder", "decoder"):
             check_backend_for_this_machine(provider, getattr(provider, f"{stack}_attention_backend"),

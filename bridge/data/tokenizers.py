@@ -7,6 +7,10 @@ Three kinds, picked by :class:`TokenizerConfig`:
 * ``huggingface``: a Hugging Face ``tokenizers`` file (``tokenizer.json``, or a directory
   holding one).
 * ``sentencepiece``: a sentencepiece ``.model`` file.
+* ``gpt2_bpe``: Megatron's ``GPT2BPETokenizer`` files, ``vocab.json`` (``path``) + ``merges.txt``
+  (``merges_path``), read with the Hugging Face ``tokenizers`` library (byte-level BPE, as GPT-2).
+* ``wordpiece``: Megatron's ``BertWordPieceCase`` / ``BertWordPieceLowerCase``: a BERT ``vocab.txt``
+  (``lower_case`` picks the lower-casing variant), through the same library.
 
 Every tokenizer exposes ``vocab_size``, ``encode(text) -> list[int]`` (no special tokens added),
 ``decode(ids) -> str`` (pad/bos/eos dropped, sentinels shown as ``<extra_id_N>``), ``eos_id``,
@@ -47,6 +51,8 @@ class TokenizerType(enum.Enum):
     byte = "byte"
     huggingface = "huggingface"
     sentencepiece = "sentencepiece"
+    gpt2_bpe = "gpt2_bpe"
+    wordpiece = "wordpiece"
 
 
 @dataclass
@@ -64,6 +70,12 @@ class TokenizerConfig:
     eos_token: Optional[str] = None
     """End-of-document token of a file tokenizer, when it is not one of the usual names
     (</s>, <|endoftext|>, <eos>, ...). Unused by ``byte``."""
+
+    merges_path: Optional[str] = None
+    """``gpt2_bpe``: the merges.txt that goes with the vocab.json in ``path``."""
+
+    lower_case: bool = False
+    """``wordpiece``: lower-case the text first (Megatron's BertWordPieceLowerCase)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.type, str):
@@ -219,20 +231,25 @@ class _FileTokenizer(Tokenizer):
 class HuggingFaceTokenizer(_FileTokenizer):
     """A Hugging Face ``tokenizers`` tokenizer read from a local tokenizer.json."""
 
-    def __init__(self, path: str, eos_token: Optional[str] = None) -> None:
+    def __init__(self, path: str, eos_token: Optional[str] = None, _built=None) -> None:
         from tokenizers import Tokenizer as _HFTokenizer
 
-        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
-        if not os.path.isfile(file):
-            raise FileNotFoundError(
-                f"Hugging Face tokenizer file not found: {file} (tokenizer.path must be a tokenizer.json "
-                "or a directory holding one)")
-        try:
-            self._tok = _HFTokenizer.from_file(file)
-        except Exception as exc:  # the library raises a bare Exception with a Rust message
-            raise ValueError(f"cannot read Hugging Face tokenizer {file}: {exc}") from None
+        if _built is not None:  # (tokenizers.Tokenizer, files, kind) from one of the Megatron formats below
+            self._tok, files, kind = _built
+            file = files[0]
+            self.fingerprint = "+".join(_file_fingerprint(kind, f) for f in files)
+        else:
+            file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+            if not os.path.isfile(file):
+                raise FileNotFoundError(
+                    f"Hugging Face tokenizer file not found: {file} (tokenizer.path must be a tokenizer.json "
+                    "or a directory holding one)")
+            try:
+                self._tok = _HFTokenizer.from_file(file)
+            except Exception as exc:  # the library raises a bare Exception with a Rust message
+                raise ValueError(f"cannot read Hugging Face tokenizer {file}: {exc}") from None
+            self.fingerprint = _file_fingerprint("huggingface", file)
         self._base_vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        self.fingerprint = _file_fingerprint("huggingface", file)
         self._setup_special_ids(file, eos_token)
 
     def _token_to_id(self, name: str) -> Optional[int]:
@@ -285,11 +302,54 @@ class SentencePieceTokenizer(_FileTokenizer):
         return self._sp.decode(ids) if ids else ""
 
 
+def _need_file(path: Optional[str], what: str) -> str:
+    if not path:
+        raise ValueError(f"{what} is not set")
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def gpt2_bpe_tokenizer(vocab: Optional[str], merges: Optional[str], eos_token: Optional[str] = None) -> Tokenizer:
+    """Megatron's GPT2BPETokenizer: byte-level BPE from a GPT-2 vocab.json + merges.txt."""
+    from tokenizers import Tokenizer as _HFTokenizer, decoders, models, pre_tokenizers
+
+    vocab = _need_file(vocab, "GPT-2 BPE vocab.json (tokenizer.path)")
+    merges = _need_file(merges, "GPT-2 BPE merges.txt (tokenizer.merges_path)")
+    try:
+        tok = _HFTokenizer(models.BPE.from_file(vocab, merges))
+    except Exception as exc:  # a Rust error with its own text
+        raise ValueError(f"cannot read GPT-2 BPE files {vocab} / {merges}: {exc}") from None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return HuggingFaceTokenizer(vocab, eos_token, _built=(tok, [vocab, merges], "gpt2_bpe"))
+
+
+def wordpiece_tokenizer(vocab: Optional[str], lower_case: bool, eos_token: Optional[str] = None) -> Tokenizer:
+    """Megatron's BertWordPieceCase / BertWordPieceLowerCase from a BERT vocab.txt."""
+    from tokenizers import Tokenizer as _HFTokenizer, decoders, models, normalizers, pre_tokenizers
+
+    vocab = _need_file(vocab, "WordPiece vocab.txt (tokenizer.path)")
+    try:
+        tok = _HFTokenizer(models.WordPiece.from_file(vocab, unk_token="[UNK]"))
+    except Exception as exc:
+        raise ValueError(f"cannot read WordPiece vocabulary {vocab}: {exc}") from None
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lower_case, strip_accents=lower_case)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    return HuggingFaceTokenizer(vocab, eos_token, _built=(tok, [vocab], "wordpiece-lower" if lower_case else "wordpiece"))
+
+
 def build_tokenizer(cfg: TokenizerConfig) -> Tokenizer:
     """The tokenizer that ``cfg`` describes; a missing file is one error naming the path."""
     kind = TokenizerConfig(type=cfg.type).type  # accept plain strings too, with the same message
     if kind is TokenizerType.byte:
         return ByteTokenizer()
+    if kind is TokenizerType.gpt2_bpe:
+        return gpt2_bpe_tokenizer(cfg.path, cfg.merges_path, cfg.eos_token)
+    if kind is TokenizerType.wordpiece:
+        return wordpiece_tokenizer(cfg.path, cfg.lower_case, cfg.eos_token)
     if not cfg.path:
         raise ValueError(f"tokenizer.type={kind.value} needs tokenizer.path (a local file)")
     path = os.path.expanduser(cfg.path)

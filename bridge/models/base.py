@@ -13,18 +13,18 @@ import math
 from typing import Any, Dict, Optional
 
 import torch
-import torch.nn.functional as F
-from megatron.core.activations import fast_gelu
 
 from bridge.attention.backend import AttnBackend, parse_attn_backend
-from bridge.models.fields import DTYPES, parse_dtype, strict_dataclass
+from bridge.models import mcore_fields
+from bridge.models.aliases import ACTIVATION_ALIASES, ACTIVATION_FUNCTIONS, CUSTOM_ACTIVATION, resolve_aliases
+from bridge.models.fields import DTYPES, parse_dtype
 
 logger = logging.getLogger("bridge.models")
 
 POSITION_EMBEDDINGS = ("learned_absolute", "rope", "relative", "none")
 _POSITION_ALIASES = {"learned": "learned_absolute", "absolute": "learned_absolute", "rotary": "rope"}
 NORMALIZATIONS = ("LayerNorm", "RMSNorm")
-ACTIVATIONS = ("gelu", "fast_gelu", "swiglu", "fast_geglu", "relu", "squared_relu")
+ACTIVATIONS = tuple(ACTIVATION_FUNCTIONS) + (CUSTOM_ACTIVATION,)
 
 
 def _choice(value: str, valid, field_name: str, aliases: Optional[Dict[str, str]] = None) -> str:
@@ -61,8 +61,13 @@ def validate_query_groups(num_attention_heads: int, num_query_groups: Optional[i
 
 
 @dataclasses.dataclass
-class TransformerProvider:
-    """Knobs shared by GPT and T5. Field docstrings are the reference; defaults follow megatron-core."""
+class TransformerProvider(mcore_fields.MegatronCoreFields):
+    """Knobs shared by GPT and T5. Field docstrings are the reference; defaults follow megatron-core.
+
+    Every megatron-core ``TransformerConfig`` field is a field too (inherited from ``MegatronCoreFields``,
+    with megatron-core's default), so code written for Megatron Bridge's providers works as written;
+    ``bridge.models.mcore_fields`` says what each one does here.
+    """
 
     num_layers: int = 12
     """Transformer layers (for T5: the encoder's, unless ``encoder_num_layers`` is set)."""
@@ -83,22 +88,29 @@ class TransformerProvider:
     """Positions the model can address (learned position embeddings have this many rows); None = seq_length.
     A model imported from Hugging Face keeps its context length here while seq_length is the run's."""
     vocab_size: Optional[int] = None
-    """Tokenizer vocabulary size; the recipes fill it in from the tokenizer. Padded up for the embedding."""
+    """Tokenizer vocabulary size; the recipes fill it in from the tokenizer."""
+    should_pad_vocab: bool = False
+    """Pad the embedding table up to a multiple of make_vocab_size_divisible_by × tensor_model_parallel_size
+    (Megatron Bridge's default is False: the table has exactly vocab_size rows; the presets pad)."""
     make_vocab_size_divisible_by: int = 128
-    """The embedding table is padded to a multiple of this × tensor_model_parallel_size."""
+    """The padding multiple when should_pad_vocab is True."""
     position_embedding_type: str = "learned_absolute"
     """learned_absolute | rope | none."""
     rotary_percent: float = 1.0
     """Fraction of each head dimension rotated by RoPE."""
     rotary_base: int = 10000
     """RoPE base frequency."""
+    seq_len_interpolation_factor: Optional[float] = None
+    """Linear RoPE position interpolation: positions are divided by this factor (None = off)."""
     normalization: str = "LayerNorm"
     """LayerNorm | RMSNorm."""
     layernorm_epsilon: float = 1e-5
     """Epsilon of the normalisation layers."""
     activation: str = "gelu"
     """MLP activation: gelu | fast_gelu (megatron-core's tanh approximation, GPT-2's gelu_new) | swiglu |
-    fast_geglu (gated fast_gelu: T5 v1.1's gated-gelu) | relu | squared_relu."""
+    geglu | fast_geglu (gated fast_gelu: T5 v1.1's gated-gelu) | reglu | relu | squared_relu | silu |
+    quick_gelu. megatron-core's spelling: gated_linear_unit + activation_func ('custom' = a function of
+    your own in activation_func)."""
     add_bias_linear: bool = True
     """Biases in the linear layers (False for Llama-style models)."""
     add_qkv_bias: bool = False
@@ -107,14 +119,20 @@ class TransformerProvider:
     """Scale of the attention scores; None = 1/sqrt(head dimension) (T5 uses 1.0)."""
     hidden_dropout: float = 0.1
     """Dropout after the attention and MLP blocks."""
-    attention_dropout: float = 0.0
-    """Dropout on the attention probabilities (the flash kernel supports only 0.0)."""
+    attention_dropout: float = 0.1
+    """Dropout on the attention probabilities, megatron-core's default 0.1 (the flash kernel supports only
+    0.0, so auto picks another backend while it is on; the presets set what their models use)."""
     share_embeddings_and_output_weights: bool = True
     """Tie the input embedding and the output layer."""
     init_method_std: float = 0.02
     """Standard deviation of the weight initialisation."""
     dtype: str = "fp32"
-    """Parameter and compute dtype: fp32 | bf16 | fp16 (a torch.dtype is accepted too)."""
+    """Parameter and compute dtype: fp32 | bf16 | fp16 (a torch.dtype is accepted too); megatron-core's
+    spelling bf16=True / fp16=True / params_dtype works as well."""
+    fp16_lm_cross_entropy: bool = False
+    """Compute the output cross-entropy in fp16 (megatron-core GPTModel / T5Model argument)."""
+    parallel_output: bool = True
+    """Keep the logits split over tensor-parallel ranks (megatron-core model argument)."""
     tensor_model_parallel_size: int = 1
     """Tensor-parallel ranks."""
     pipeline_model_parallel_size: int = 1
@@ -135,45 +153,132 @@ class TransformerProvider:
 
     # -- validation: the one place every rule lives -----------------------------------------------
     def validate(self) -> None:
-        """Normalise spellings and check every rule; called on construction and again by ``provide()``."""
-        self.dtype = parse_dtype(self.dtype, "dtype")
-        self.position_embedding_type = _choice(
-            self.position_embedding_type, POSITION_EMBEDDINGS, "position_embedding_type", _POSITION_ALIASES
-        )
-        self.normalization = _choice(self.normalization, NORMALIZATIONS, "normalization", {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"})
-        self.activation = _choice(self.activation, ACTIVATIONS, "activation")
-        self.attention_backend = self._resolve_legacy_flag(
-            "attention_backend", self.attention_backend, self.use_flash_attention, "use_flash_attention"
-        )
+        """Normalise spellings and check every rule; called on construction and again by ``provide()``.
+
+        Every problem found is reported together, in one ``ValueError`` line.
+        """
+        problems: list = []
+        self.check(problems)
+        if problems:
+            many = f"{type(self).__name__} has {len(problems)} problems: " if len(problems) > 1 else ""
+            raise ValueError(many + "; ".join(problems))
+
+    def finalize(self) -> None:
+        """Megatron Bridge's name for "settle the fields after changing them": validate and fill derived values."""
+        self.validate()
+
+    def provide_distributed_model(self, ddp_config=None, **kwargs):
+        """This rank's model chunks wrapped for training, as Megatron Bridge's method of this name returns
+        them (arguments and behaviour: ``bridge.models.distributed_model``)."""
+        from bridge.models.distributed_model import provide_distributed_model
+
+        return provide_distributed_model(self, ddp_config, **kwargs)
+
+    def check(self, problems: list) -> None:
+        """Append one message per problem to ``problems``; subclasses extend this."""
+        def attempt(fn, *args):
+            try:
+                return fn(*args)
+            except ValueError as exc:
+                problems.append(str(exc))
+                return None
+
+        for name, value, valid, aliases in (
+            ("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDINGS, _POSITION_ALIASES),
+            ("normalization", self.normalization, NORMALIZATIONS, {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}),
+            ("activation", self.activation, ACTIVATIONS, ACTIVATION_ALIASES),
+        ):
+            chosen = attempt(_choice, value, valid, name, aliases)
+            if chosen is not None:
+                object.__setattr__(self, name, chosen)
+        dtype = attempt(parse_dtype, self.dtype, "dtype")
+        if dtype is not None:
+            object.__setattr__(self, "dtype", dtype)
+        if self.activation == CUSTOM_ACTIVATION and self.activation_func is None:
+            problems.append("activation='custom' needs activation_func (the function to use)")
+        elif not problems:
+            problems.extend(resolve_aliases(self, self.__dict__.get("_alias_state"), _class_defaults(type(self))))
+        problems.extend(mcore_fields.unsupported_settings(self))
+        backend = attempt(self._resolve_legacy_flag, "attention_backend", self.attention_backend,
+                          self.use_flash_attention, "use_flash_attention")
+        if backend is not None:
+            object.__setattr__(self, "attention_backend", backend)
         for name in ("num_layers", "hidden_size", "seq_length", "tensor_model_parallel_size", "pipeline_model_parallel_size"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.max_position_embeddings is not None and (
                 self.max_position_embeddings <= 0 or (self.position_embedding_type == "learned_absolute"
                                                       and self.seq_length > self.max_position_embeddings)):
-            raise ValueError(f"seq_length={self.seq_length} needs that many learned positions but "
-                             f"max_position_embeddings={self.max_position_embeddings}; shorten seq_length or leave "
-                             "max_position_embeddings null")
+            problems.append(f"seq_length={self.seq_length} needs that many learned positions but "
+                            f"max_position_embeddings={self.max_position_embeddings}; shorten seq_length or leave "
+                            "max_position_embeddings null")
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        validate_query_groups(self.num_attention_heads, self.num_query_groups, self.tensor_model_parallel_size)
-        if self.kv_channels is None and self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
-                "set kv_channels (the head dimension) explicitly or change one of them"
-            )
-        if self.head_dim <= 0 or (self.position_embedding_type == "rope" and self.head_dim % 2):
-            raise ValueError(f"head dimension {self.head_dim} is invalid (rope needs an even, positive head dimension)")
-        if self.num_attention_heads % self.tensor_model_parallel_size != 0:
-            raise ValueError(
-                f"num_attention_heads={self.num_attention_heads} must be divisible by "
-                f"tensor_model_parallel_size={self.tensor_model_parallel_size}"
-            )
+                problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.num_attention_heads > 0 and self.tensor_model_parallel_size > 0:
+            attempt(validate_query_groups, self.num_attention_heads, self.num_query_groups, self.tensor_model_parallel_size)
+        elif self.num_attention_heads <= 0:
+            problems.append(f"num_attention_heads must be positive, got {self.num_attention_heads}")
+        if self.num_attention_heads > 0:
+            if self.kv_channels is None and self.hidden_size % self.num_attention_heads != 0:
+                problems.append(
+                    f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
+                    "set kv_channels (the head dimension) explicitly or change one of them")
+            elif self.head_dim <= 0 or (self.position_embedding_type == "rope" and self.head_dim % 2):
+                problems.append(f"head dimension {self.head_dim} is invalid (rope needs an even, positive head dimension)")
+            if self.tensor_model_parallel_size > 0 and self.num_attention_heads % self.tensor_model_parallel_size != 0:
+                problems.append(
+                    f"num_attention_heads={self.num_attention_heads} must be divisible by "
+                    f"tensor_model_parallel_size={self.tensor_model_parallel_size}")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
-            raise ValueError("sequence_parallel=True needs tensor_model_parallel_size > 1")
+            problems.append("sequence_parallel=True needs tensor_model_parallel_size > 1")
         if self.vocab_size is not None and self.vocab_size <= 0:
-            raise ValueError(f"vocab_size must be positive, got {self.vocab_size}")
+            problems.append(f"vocab_size must be positive, got {self.vocab_size}")
+        elif (self.vocab_size is not None and not self.should_pad_vocab and self.tensor_model_parallel_size > 1
+              and self.vocab_size % self.tensor_model_parallel_size):
+            problems.append(
+                f"vocab_size={self.vocab_size} is not divisible by tensor_model_parallel_size="
+                f"{self.tensor_model_parallel_size}; set should_pad_vocab=True to pad the embedding table")
+        if self.seq_len_interpolation_factor is not None:
+            if self.position_embedding_type != "rope":
+                problems.append("seq_len_interpolation_factor needs position_embedding_type=rope, "
+                                f"got {self.position_embedding_type}")
+            elif self.seq_len_interpolation_factor <= 0:
+                problems.append(f"seq_len_interpolation_factor must be positive, got {self.seq_len_interpolation_factor}")
+        problems.extend(self._window_problems())
+        problems.extend(self._recompute_problems())
+        if self.virtual_pipeline_model_parallel_size is not None:
+            vp = self.virtual_pipeline_model_parallel_size
+            if not isinstance(vp, int) or vp < 1:
+                problems.append(f"virtual_pipeline_model_parallel_size must be None or a positive integer, got {vp!r}")
+            elif vp > 1 and self.pipeline_model_parallel_size == 1:
+                problems.append("virtual_pipeline_model_parallel_size > 1 needs pipeline_model_parallel_size > 1")
+            elif self.num_layers % (self.pipeline_model_parallel_size * vp):
+                problems.append(
+                    f"num_layers={self.num_layers} must be divisible by pipeline_model_parallel_size="
+                    f"{self.pipeline_model_parallel_size} × virtual_pipeline_model_parallel_size={vp}")
+
+    def _window_problems(self) -> list:
+        window = self.window_size
+        if window is None:
+            return []
+        if (not isinstance(window, (list, tuple)) or len(window) != 2
+                or not all(isinstance(w, int) and not isinstance(w, bool) and w >= -1 for w in window)):
+            return [f"window_size={window!r} must be two integers (left, right), each >= 0 or -1 for unlimited"]
+        object.__setattr__(self, "window_size", tuple(window))
+        return []
+
+    def _recompute_problems(self) -> list:
+        granularity, method = self.recompute_granularity, self.recompute_method
+        if granularity not in (None, "full", "selective"):
+            return [f"recompute_granularity={granularity!r} is not valid; use full, selective or None"]
+        if method not in (None, "uniform", "block"):
+            return [f"recompute_method={method!r} is not valid; use uniform, block or None"]
+        if granularity == "full" and (method is None or self.recompute_num_layers is None):
+            return ["recompute_granularity=full needs recompute_method (uniform | block) and recompute_num_layers"]
+        if granularity != "full" and method is not None:
+            return [f"recompute_method={method!r} only applies with recompute_granularity=full"]
+        return []
 
     def _resolve_legacy_flag(self, field_name: str, backend: Any, legacy: Optional[bool], legacy_name: str) -> AttnBackend:
         """Fold a NeMo-1 ``use_flash_attention`` flag into a backend, or raise if the two contradict.
@@ -222,33 +327,29 @@ class TransformerProvider:
 
     @property
     def padded_vocab_size(self) -> int:
+        """Rows of the embedding table: vocab_size, padded when should_pad_vocab is True."""
         if self.vocab_size is None:
             raise ValueError(
                 f"{type(self).__name__}.vocab_size is not set: set it, or let a recipe take it from the tokenizer"
             )
+        if not self.should_pad_vocab:
+            return int(self.vocab_size)
         multiple = self.make_vocab_size_divisible_by * self.tensor_model_parallel_size
         return int(math.ceil(self.vocab_size / multiple) * multiple)
 
     def resolved_ffn_hidden_size(self) -> int:
         if self.ffn_hidden_size is not None:
             return self.ffn_hidden_size
-        if self.activation == "swiglu":
+        if self.gated_linear_unit:
             return int(math.ceil(8 * self.hidden_size / 3 / 64) * 64)
         return 4 * self.hidden_size
 
     def transformer_config_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for megatron-core's ``TransformerConfig`` (family builders add or override some)."""
-        activation, gated = {
-            "gelu": (F.gelu, False),
-            "fast_gelu": (fast_gelu, False),
-            "fast_geglu": (fast_gelu, True),
-            "swiglu": (F.silu, True),
-            "relu": (F.relu, False),
-            "squared_relu": (lambda x: F.relu(x) ** 2, False),
-        }[self.activation]
         dtype = self.torch_dtype
         use_cpu_init = (not torch.cuda.is_available()) if self.use_cpu_initialization is None else self.use_cpu_initialization
-        return dict(
+        kwargs = mcore_fields.passthrough_kwargs(self)
+        kwargs.update(
             num_layers=self.num_layers,
             hidden_size=self.hidden_size,
             ffn_hidden_size=self.resolved_ffn_hidden_size(),
@@ -259,8 +360,8 @@ class TransformerProvider:
             attention_dropout=self.attention_dropout,
             layernorm_epsilon=self.layernorm_epsilon,
             normalization=self.normalization,
-            activation_func=activation,
-            gated_linear_unit=gated,
+            activation_func=self.activation_func,
+            gated_linear_unit=self.gated_linear_unit,
             add_bias_linear=self.add_bias_linear,
             add_qkv_bias=self.add_qkv_bias,
             softmax_scale=self.softmax_scale,
@@ -269,16 +370,18 @@ class TransformerProvider:
             pipeline_model_parallel_size=self.pipeline_model_parallel_size,
             sequence_parallel=self.sequence_parallel,
             params_dtype=dtype,
-            pipeline_dtype=dtype,
+            pipeline_dtype=self.pipeline_dtype if self.pipeline_dtype is not None else dtype,
             bf16=dtype == torch.bfloat16,
             fp16=dtype == torch.float16,
             use_cpu_initialization=use_cpu_init,
-            # Fusions that need Apex / TE or CUDA-only kernels stay off; our attention modules do their own work.
-            masked_softmax_fusion=False,
-            bias_activation_fusion=False,
-            bias_dropout_fusion=False,
-            gradient_accumulation_fusion=False,
-            persist_layer_norm=False,
-            apply_rope_fusion=False,
-            attention_softmax_in_fp32=True,
         )
+        return kwargs
+
+
+def _class_defaults(cls: type) -> Dict[str, Any]:
+    """Field defaults of a provider class: what the first alias resolution compares the given values with."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+    return out

@@ -43,3 +43,25 @@ def check_layer_norm_support(provider: TransformerProvider) -> None:
             "sequence_parallel=True needs Transformer Engine or Apex layer norms; bridge builds megatron-core's "
             "local (torch) layers, which do not support it. Set sequence_parallel=False."
         )
+
+
+def check_vp_stage(provider: TransformerProvider, vp_stage) -> None:
+    """``vp_stage`` must name one of the provider's virtual pipeline stages (or be None without them)."""
+    vp = provider.virtual_pipeline_model_parallel_size
+    if vp_stage is None:
+        if vp is not None and vp > 1:
+            raise ValueError(f"virtual_pipeline_model_parallel_size={vp}: provide(vp_stage=...) needs the stage "
+                             f"(0 .. {vp - 1}), or use provide_distributed_model() for all of this rank's chunks")
+        return
+    if not isinstance(vp_stage, int) or not 0 <= vp_stage < (vp or 1):
+        raise ValueError(f"vp_stage={vp_stage!r} is not a virtual pipeline stage of this provider "
+                         f"(virtual_pipeline_model_parallel_size={vp}; valid: 0 .. {(vp or 1) - 1})")
+
+
+def check_recompute_support(provider: TransformerProvider) -> None:
+    """Activation recomputation runs through megatron-core's checkpoint function, which saves and restores
+    the CUDA RNG state unconditionally; without a GPU that is one clear error instead of a deep traceback."""
+    if provider.recompute_granularity is not None and not torch.cuda.is_available():
+        raise ValueError(
+            f"recompute_granularity={provider.recompute_granularity} needs a CUDA GPU (megatron-core's activation "
+            "checkpointing saves the CUDA RNG state); leave it None on a CPU-only machine")

@@ -28,11 +28,26 @@ def parse_dtype(value: Any, field_name: str = "dtype") -> str:
     raise ValueError(f"{field_name}={value!r} is not a supported dtype; valid values: fp32, bf16, fp16")
 
 
+T5_ONLY_FIELDS = frozenset({
+    "seq_length_dec", "decoder_seq_length", "encoder_num_layers", "decoder_num_layers",
+    "encoder_attention_backend", "decoder_attention_backend", "encoder", "decoder",
+})
+"""Fields of the T5 provider that a GPT provider cannot have (they name an encoder or a decoder)."""
+
+
 def unknown_field_message(cls: type, name: str, valid: Iterable[str]) -> str:
+    """One line: what is wrong, and the closest valid name only when it is really close."""
+    from bridge.models.mcore_fields import GENERATED
+
     valid = sorted(valid)
-    close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    return f"{cls.__name__} has no field {name!r}{hint} (valid fields: {', '.join(valid)})"
+    if name in T5_ONLY_FIELDS:
+        return f"{cls.__name__} has no field {name!r}: it is a T5ModelProvider field (a GPT model has no encoder/decoder split)"
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.8)
+    if close:
+        return f"{cls.__name__} has no field {name!r}; did you mean {close[0]!r}?"
+    own = [n for n in valid if n not in GENERATED]
+    more = " and every megatron-core TransformerConfig field" if len(own) < len(valid) else ""
+    return f"{cls.__name__} has no field {name!r} (valid fields: {', '.join(own)}{more})"
 
 
 def strict_dataclass(cls: type) -> type:
@@ -46,6 +61,9 @@ def strict_dataclass(cls: type) -> type:
         for key in kwargs:
             if key not in names:
                 raise TypeError(unknown_field_message(cls, key, names))
+        # Which fields the caller named: a field given at its default value still counts as set (the
+        # providers use this to tell "activation='gelu' and gated_linear_unit=True" from a default).
+        self.__dict__["_explicit_fields"] = frozenset(kwargs)
         init(self, *args, **kwargs)
 
     def checked_setattr(self, key, value):

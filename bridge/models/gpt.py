@@ -24,27 +24,24 @@ class GPTModelProvider(TransformerProvider):
     context 8192); position_embedding_type must be rope."""
     rope_scaling_factor: float = 8.0
     """The factor of ``rope_scaling``."""
-    seq_len_interpolation_factor: Optional[float] = None
-    """Linear RoPE position interpolation: positions are divided by this factor (None = off)."""
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self, problems: list) -> None:
+        super().check(problems)
         if self.position_embedding_type == "relative":
-            raise ValueError("position_embedding_type=relative (bucketed relative position bias) is a T5 option; "
-                             "a GPT takes learned_absolute, rope or none")
-        if (self.rope_scaling or self.seq_len_interpolation_factor is not None) and self.position_embedding_type != "rope":
-            raise ValueError("rope_scaling / seq_len_interpolation_factor need position_embedding_type=rope, "
-                             f"got {self.position_embedding_type}")
-        if self.rope_scaling_factor <= 0 or (self.seq_len_interpolation_factor is not None
-                                             and self.seq_len_interpolation_factor <= 0):
-            raise ValueError("rope_scaling_factor and seq_len_interpolation_factor must be positive, got "
-                             f"{self.rope_scaling_factor} and {self.seq_len_interpolation_factor}")
+            problems.append("position_embedding_type=relative (bucketed relative position bias) is a T5 option; "
+                            "a GPT takes learned_absolute, rope or none")
+        if self.rope_scaling and self.position_embedding_type != "rope":
+            problems.append(f"rope_scaling needs position_embedding_type=rope, got {self.position_embedding_type}")
+        if self.rope_scaling_factor <= 0:
+            problems.append(f"rope_scaling_factor must be positive, got {self.rope_scaling_factor}")
 
-    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None):
+    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
+                vp_stage: Optional[int] = None):
         """Validate, set up parallel state if needed, and return a megatron-core ``GPTModel``.
 
-        ``pre_process`` / ``post_process`` default to this rank's pipeline position.
+        ``pre_process`` / ``post_process`` default to this rank's pipeline position (and, with virtual
+        pipeline stages, to whether ``vp_stage`` is the first / last chunk), as in Megatron Bridge.
         """
         from bridge.models.gpt_builder import build_gpt_model
 
-        return build_gpt_model(self, pre_process=pre_process, post_process=post_process)
+        return build_gpt_model(self, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)

@@ -13,7 +13,9 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.models.base import TransformerProvider
-from bridge.models.build_checks import check_backend_for_this_machine, check_layer_norm_support
+from bridge.models.build_checks import (
+    check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
+)
 from bridge.models.layer_specs import gpt_layer_spec
 from bridge.models.parallel import ensure_model_parallel
 from bridge.models.placement import place_model
@@ -25,22 +27,27 @@ def gpt_transformer_config(provider: TransformerProvider) -> TransformerConfig:
 
 
 def build_gpt_model(
-    provider: TransformerProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None
+    provider: TransformerProvider, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
+    vp_stage: Optional[int] = None,
 ) -> GPTModel:
     provider.validate()
     check_layer_norm_support(provider)
+    check_recompute_support(provider)
     exclude = provider.excluded_backends()
     check_backend_for_this_machine(provider, provider.attention_backend, "GPT", exclude)
     vocab = provider.padded_vocab_size
-    ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size)
+    ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size,
+                          virtual_pipeline_parallel_size=provider.virtual_pipeline_model_parallel_size)
+    check_vp_stage(provider, vp_stage)
     if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage()
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage()
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     model = GPTModel(
         config=gpt_transformer_config(provider),
         transformer_layer_spec=gpt_layer_spec(
-            provider.normalization, provider.attention_backend, exclude, provider.deterministic_attention
+            provider.normalization, provider.attention_backend, exclude, provider.deterministic_attention,
+            qk_layernorm=provider.qk_layernorm,
         ),
         vocab_size=vocab,
         max_sequence_length=provider.resolved_max_positions,
@@ -53,6 +60,9 @@ def build_gpt_model(
         rope_scaling=provider.rope_scaling,
         rope_scaling_factor=provider.rope_scaling_factor,
         seq_len_interpolation_factor=provider.seq_len_interpolation_factor,
+        fp16_lm_cross_entropy=provider.fp16_lm_cross_entropy,
+        parallel_output=provider.parallel_output,
+        vp_stage=vp_stage,
     )
     make_rope_host_compatible(model)
     return place_model(model, model.config)

@@ -44,9 +44,10 @@ def core_attention_spec(
     )
 
 
-def gpt_layer_spec(normalization: str, backend: AttnBackend, exclude=(), deterministic: bool = False) -> ModuleSpec:
+def gpt_layer_spec(normalization: str, backend: AttnBackend, exclude=(), deterministic: bool = False,
+                   qk_layernorm: bool = False) -> ModuleSpec:
     """A GPT decoder layer (causal self-attention + MLP) whose attention runs ``backend``."""
-    spec = get_gpt_layer_local_spec(normalization=normalization)
+    spec = get_gpt_layer_local_spec(normalization=normalization, qk_layernorm=qk_layernorm)
     spec.submodules.self_attention.submodules.core_attention = core_attention_spec(backend, exclude, deterministic, "gpt")
     return spec
 
@@ -59,14 +60,24 @@ def t5_block_specs(
     encoder_exclude=(),
     decoder_exclude=(),
     deterministic: bool = False,
+    qk_layernorm: bool = False,
 ):
-    """(encoder, decoder) block specs; the decoder's self- and cross-attention both use ``decoder_backend``."""
+    """(encoder, decoder) block specs; the decoder's self- and cross-attention both use ``decoder_backend``.
+
+    megatron-core's T5 local specs have no ``qk_layernorm`` switch; with it on, the query and key norms of
+    every attention module are set here the way its GPT local spec sets them.
+    """
     encoder = encoder_model_with_local_spec()
     encoder.submodules.self_attention.submodules.core_attention = core_attention_spec(encoder_backend, encoder_exclude, deterministic, "encoder")
     decoder = decoder_model_with_local_spec()
     decoder.submodules.self_attention.submodules.core_attention = core_attention_spec(decoder_backend, decoder_exclude, deterministic, "decoder")
     decoder.submodules.cross_attention.module = FullHeadCrossAttention
     decoder.submodules.cross_attention.submodules.core_attention = core_attention_spec(decoder_backend, decoder_exclude, deterministic, "decoder")
+    if qk_layernorm:
+        for attention in (encoder.submodules.self_attention, decoder.submodules.self_attention,
+                          decoder.submodules.cross_attention):
+            attention.submodules.q_layernorm = WrappedTorchNorm
+            attention.submodules.k_layernorm = WrappedTorchNorm
     return (
         TransformerBlockSubmodules([encoder] * encoder_layers, layer_norm=WrappedTorchNorm),
         TransformerBlockSubmodules([decoder] * decoder_layers, layer_norm=WrappedTorchNorm),

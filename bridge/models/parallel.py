@@ -21,7 +21,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_model_parallel(tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: int = 1234) -> None:
+def ensure_model_parallel(
+    tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1, seed: int = 1234,
+    virtual_pipeline_parallel_size=None,
+) -> None:
     """Make sure torch.distributed and megatron's parallel state exist and match the requested sizes."""
     if not dist.is_initialized():
         if tensor_parallel_size * pipeline_parallel_size > 1:
@@ -44,6 +47,7 @@ def ensure_model_parallel(tensor_parallel_size: int = 1, pipeline_parallel_size:
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tensor_parallel_size,
             pipeline_model_parallel_size=pipeline_parallel_size,
+            virtual_pipeline_model_parallel_size=virtual_pipeline_parallel_size,
         )
     else:
         have = (

@@ -30,13 +30,16 @@ class Preset:
 
 _REGISTRY: Dict[str, Preset] = {}
 
+# Every preset pads its vocabulary (should_pad_vocab) as Megatron-LM does, and sets attention_dropout
+# explicitly (0.0, which the flash kernel needs; megatron-core's default is 0.1).
+_PADDED = dict(should_pad_vocab=True)
 _GPT3 = dict(position_embedding_type="learned_absolute", normalization="LayerNorm", activation="gelu",
-             hidden_dropout=0.1, attention_dropout=0.0, seq_length=2048)
+             hidden_dropout=0.1, attention_dropout=0.0, seq_length=2048, **_PADDED)
 _LLAMA = dict(position_embedding_type="rope", normalization="RMSNorm", activation="swiglu", add_bias_linear=False,
               hidden_dropout=0.0, attention_dropout=0.0, share_embeddings_and_output_weights=False,
-              rotary_base=500000, layernorm_epsilon=1e-5)
+              rotary_base=500000, layernorm_epsilon=1e-5, **_PADDED)
 _T5 = dict(position_embedding_type="learned_absolute", normalization="LayerNorm", activation="gelu",
-           hidden_dropout=0.1, attention_dropout=0.0, seq_length=512, decoder_seq_length=128)
+           hidden_dropout=0.1, attention_dropout=0.0, seq_length=512, decoder_seq_length=128, **_PADDED)
 
 
 def register_preset(name: str, provider_cls: Type, description: str, **fields: Any) -> None:
@@ -66,7 +69,7 @@ def get_preset(name: str, **overrides: Any) -> Provider:
 
 register_preset("gpt_tiny", GPTModelProvider, "4-layer, 128-wide GPT (head dim 64) for tests and the CPU quick start",
                 num_layers=4, hidden_size=128, num_attention_heads=2, seq_length=256, hidden_dropout=0.0,
-                attention_dropout=0.0, position_embedding_type="rope")
+                attention_dropout=0.0, position_embedding_type="rope", **_PADDED)
 register_preset("gpt_126m", GPTModelProvider, "GPT-3 Small (125M) shape", num_layers=12, hidden_size=768,
                 num_attention_heads=12, **_GPT3)
 register_preset("gpt_350m", GPTModelProvider, "GPT-3 Medium (350M) shape", num_layers=24, hidden_size=1024,

@@ -34,6 +34,8 @@ class T5ModelProvider(TransformerProvider):
     """Decoder layers; None = num_layers."""
     decoder_seq_length: Optional[int] = None
     """Maximum decoder (target) length; None = seq_length."""
+    seq_length_dec: Optional[int] = None
+    """Megatron Bridge's / NeMo's name for decoder_seq_length (set either; both read the same value)."""
     encoder_attention_backend: Any = None
     """Backend of the encoder's self-attention; None = attention_backend."""
     decoder_attention_backend: Any = None
@@ -47,15 +49,37 @@ class T5ModelProvider(TransformerProvider):
     decoder: T5StackFlags = dataclasses.field(default_factory=T5StackFlags)
     """Legacy per-stack flags of the decoder."""
 
-    def validate(self) -> None:
-        super().validate()
+    def check(self, problems: list) -> None:
+        super().check(problems)
+        self._settle_decoder_length(problems)
         if self.relative_attention_num_buckets < 4 or self.relative_attention_max_distance <= 0:
-            raise ValueError("relative_attention_num_buckets must be >= 4 and relative_attention_max_distance positive, "
-                             f"got {self.relative_attention_num_buckets} and {self.relative_attention_max_distance}")
+            problems.append("relative_attention_num_buckets must be >= 4 and relative_attention_max_distance positive, "
+                            f"got {self.relative_attention_num_buckets} and {self.relative_attention_max_distance}")
         for name in ("encoder_num_layers", "decoder_num_layers", "decoder_seq_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}")
+                problems.append(f"{name} must be positive, got {value}")
+        try:
+            self._resolve_stack_backends()
+        except ValueError as exc:
+            problems.append(str(exc))
+
+    def _settle_decoder_length(self, problems: list) -> None:
+        """``seq_length_dec`` and ``decoder_seq_length`` are one setting: the one changed last wins."""
+        last = self.__dict__.get("_decoder_length_state", (None, None))
+        ours, theirs = self.decoder_seq_length, self.seq_length_dec
+        if ours != theirs:
+            ours_changed, theirs_changed = ours != last[0], theirs != last[1]
+            if ours_changed and theirs_changed and ours is not None and theirs is not None:
+                problems.append(f"decoder_seq_length={ours} contradicts seq_length_dec={theirs} (two names of the "
+                                "decoder length); set only one of them")
+                return
+            value = theirs if theirs_changed and theirs is not None else ours
+            object.__setattr__(self, "decoder_seq_length", value)
+            object.__setattr__(self, "seq_length_dec", value)
+        self.__dict__["_decoder_length_state"] = (self.decoder_seq_length, self.seq_length_dec)
+
+    def _resolve_stack_backends(self) -> None:
         for stack in ("encoder", "decoder"):
             flags = getattr(self, stack)
             if isinstance(flags, dict):  # a plain mapping from YAML / Python
@@ -91,8 +115,13 @@ class T5ModelProvider(TransformerProvider):
     def resolved_decoder_seq_length(self) -> int:
         return self.decoder_seq_length or self.seq_length
 
-    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None):
-        """Validate, set up parallel state if needed, and return a megatron-core ``T5Model``."""
+    def provide(self, pre_process: Optional[bool] = None, post_process: Optional[bool] = None,
+                vp_stage: Optional[int] = None):
+        """Validate, set up parallel state if needed, and return a megatron-core ``T5Model``.
+
+        ``vp_stage`` is accepted for Megatron Bridge's signature; T5 has no virtual pipeline stages, so it
+        must be None or 0.
+        """
         from bridge.models.t5_builder import build_t5_model
 
-        return build_t5_model(self, pre_process=pre_process, post_process=post_process)
+        return build_t5_model(self, pre_process=pre_process, post_process=post_process, vp_stage=vp_stage)

@@ -118,10 +118,27 @@ def _build(cfg: DictConfig) -> RunConfig:
     cfg = legacy.translate_nemo1(cfg) if legacy.is_nemo1(cfg) else copy.deepcopy(cfg)
     spec = _family(cfg)
     sections = {name: _construct(cls, _plain(cfg[name], name), name) for name, cls in SECTIONS.items()}
-    provider = _construct(spec.provider_cls, _plain(cfg.model, "model"), "model")
+    provider = _construct(spec.provider_cls, _set_fields(spec.provider_cls, _plain(cfg.model, "model")), "model")
     run = RunConfig(name=str(cfg.get("name", "run")), family=spec.name, model=provider, **sections)
     finalize_run(run)
     return run
+
+
+def _set_fields(cls: Type, fields: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields whose value differs from the class default: what the recipe (preset, YAML, overrides) set.
+
+    A composed node carries every schema field; passing only the set ones lets the provider tell which
+    spelling of a setting was chosen (``activation`` or ``gated_linear_unit`` + ``activation_func``).
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {k: v for k, v in fields.items() if k not in defaults or not _equal(v, defaults[k])}
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return type(a) is type(b) and bool(a == b) or (a is None and b is None)
+    except Exception:
+        return False
 
 
 class _writable:

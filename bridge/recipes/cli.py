@@ -50,4 +50,7 @@ def run_to_yaml(run) -> str:
     """A built :class:`bridge.recipes.RunConfig` as YAML (what ``--cfg`` prints)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(run))
+    from bridge.training.snapshot import to_plain
+
+    # Plain data first: provider fields may hold a function or a torch.dtype (activation_func, params_dtype).
+    return OmegaConf.to_yaml(OmegaConf.create(to_plain(run)))

@@ -37,6 +37,10 @@ def to_plain(value: Any) -> Any:
         return [to_plain(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
+    if callable(value) and "<" not in getattr(value, "__qualname__", "<"):
+        # A module-level function (a provider's activation_func): stored as its import path, which the
+        # providers accept back.
+        return f"{value.__module__}.{value.__qualname__}"
     raise TypeError(f"cannot store a {type(value).__name__} in the run config snapshot: {value!r}")
 
 

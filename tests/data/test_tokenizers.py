@@ -62,8 +62,8 @@ def test_missing_file_names_the_path(kind, tmp_path):
 def test_file_tokenizer_without_path_and_bad_type():
     with pytest.raises(ValueError, match="needs tokenizer.path"):
         build_tokenizer(TokenizerConfig(type="sentencepiece"))
-    with pytest.raises(ValueError, match="byte, huggingface, sentencepiece"):
-        TokenizerConfig(type="wordpiece")
+    with pytest.raises(ValueError, match="byte, huggingface, sentencepiece, gpt2_bpe, wordpiece"):
+        TokenizerConfig(type="tiktoken")
 
 
 def test_unknown_eos_token_is_an_error(hf_tokenizer_file):

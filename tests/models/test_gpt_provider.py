@@ -152,7 +152,8 @@ def test_explicit_gpu_backend_on_cpu_is_one_clear_error(backend):
 def test_vocab_size_required_and_padded():
     with pytest.raises(ValueError, match="vocab_size is not set"):
         GPTModelProvider().provide()
-    assert GPTModelProvider(vocab_size=257).padded_vocab_size == 384
+    assert GPTModelProvider(vocab_size=257).padded_vocab_size == 257  # Megatron Bridge: should_pad_vocab=False
+    assert GPTModelProvider(vocab_size=257, should_pad_vocab=True).padded_vocab_size == 384
 
 
 def test_rope_rmsnorm_swiglu_model_runs():
@@ -161,7 +162,7 @@ def test_rope_rmsnorm_swiglu_model_runs():
     assert isinstance(model.decoder.final_layernorm, torch.nn.RMSNorm)
     tokens = torch.randint(0, VOCAB, (1, 8), device=device_of(model))
     logits = model(tokens, torch.arange(8, device=tokens.device)[None], None)
-    assert logits.shape == (1, 8, 128)
+    assert logits.shape == (1, 8, VOCAB)  # unpadded: should_pad_vocab defaults to False
 
 
 @pytest.mark.parametrize("name", list_presets())

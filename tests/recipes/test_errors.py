@@ -30,7 +30,7 @@ TRAIN = REPO / "scripts" / "train.py"
     ("gpt_pretrain", ["model.num_query_groups=3"], "model: num_query_groups=3 does not divide num_attention_heads=2"),
     ("gpt_pretrain", ["train.global_batch_size=12"], "train.global_batch_size=12 must be a multiple of train.micro_batch_size=8"),
     ("gpt_pretrain", ["family=bert"], "family='bert' is not valid; use one of: gpt, t5"),
-    ("gpt_pretrain", ["tokenizer.type=wordpiece"], "tokenizer.type='wordpiece' is not valid"),
+    ("gpt_pretrain", ["tokenizer.type=tiktoken"], "tokenizer.type='tiktoken' is not valid"),
 ])
 def test_error_is_one_line_with_the_fix(recipe, overrides, message):
     with pytest.raises(ConfigError) as info:

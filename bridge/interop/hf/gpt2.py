@@ -30,7 +30,7 @@ def provider_fields(config: Dict):
         num_layers=r.need("n_layer"), hidden_size=hidden, num_attention_heads=r.need("n_head"),
         ffn_hidden_size=r.get("n_inner", 4 * hidden), seq_length=r.need("n_positions"),
         max_position_embeddings=r.need("n_positions"),
-        vocab_size=r.need("vocab_size"), make_vocab_size_divisible_by=1,
+        vocab_size=r.need("vocab_size"), make_vocab_size_divisible_by=1, should_pad_vocab=True,
         position_embedding_type="learned_absolute", normalization="LayerNorm",
         layernorm_epsilon=r.get("layer_norm_epsilon", 1e-5),
         activation=r.choice("activation_function", "gelu_new", _ACTIVATIONS), add_bias_linear=True,

@@ -70,7 +70,7 @@ def provider_fields(config: Dict):
         num_attention_heads=heads, num_query_groups=r.get("num_key_value_heads", heads),
         kv_channels=r.get("head_dim", hidden // heads), seq_length=context, max_position_embeddings=context,
         vocab_size=r.need("vocab_size"),
-        make_vocab_size_divisible_by=1, position_embedding_type="rope", normalization="RMSNorm",
+        make_vocab_size_divisible_by=1, should_pad_vocab=True, position_embedding_type="rope", normalization="RMSNorm",
         layernorm_epsilon=r.get("rms_norm_eps", 1e-6), activation="swiglu", add_bias_linear=bias,
         add_qkv_bias=qkv_bias, share_embeddings_and_output_weights=r.get("tie_word_embeddings", False),
         hidden_dropout=0.0, attention_dropout=r.get("attention_dropout", 0.0), **_rope_fields(r),

@@ -49,7 +49,7 @@ def provider_fields(config: Dict):
     return T5ModelProvider, dict(
         num_layers=layers, encoder_num_layers=layers, decoder_num_layers=r.get("num_decoder_layers", layers),
         hidden_size=r.need("d_model"), ffn_hidden_size=r.need("d_ff"), num_attention_heads=r.need("num_heads"),
-        kv_channels=r.need("d_kv"), vocab_size=r.need("vocab_size"), make_vocab_size_divisible_by=1,
+        kv_channels=r.need("d_kv"), vocab_size=r.need("vocab_size"), make_vocab_size_divisible_by=1, should_pad_vocab=True,
         seq_length=r.get("n_positions", 512), position_embedding_type="relative",
         relative_attention_num_buckets=r.get("relative_attention_num_buckets", 32),
         relative_attention_max_distance=r.get("relative_attention_max_distance", 128),

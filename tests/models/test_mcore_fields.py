@@ -44,7 +44,8 @@ def test_defaults_match_megatron_core_for_shared_fields():
     assert provider.should_pad_vocab is False
 
 
-@pytest.mark.parametrize("name", sorted(mcore_fields.PASSED | set(mcore_fields.ACCEPTED_WITHOUT_EFFECT)))
+@pytest.mark.parametrize("name", sorted((mcore_fields.PASSED | set(mcore_fields.ACCEPTED_WITHOUT_EFFECT))
+                                        - mcore_fields.KERNEL_CHOICES))
 def test_passed_fields_reach_transformer_config_kwargs(name):
     provider = GPTModelProvider()
     sentinel = object()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI compile check for the flash kernel: compiles every torch-free kernel translation unit
-# (bridge/kernels/csrc/instantiations/*.cu) with the local nvcc for sm_90a, two at a time.
+# (bridge/kernels/csrc/instantiations/*.cu) with the local nvcc and the builder's flags, two at a time.
 # Needs nvcc only (no GPU, no CUDA build of torch). Exits non-zero if any unit fails to compile.
 #
 #   scripts/compile_kernels.sh            # all units
@@ -23,16 +23,18 @@ if [ "${#units[@]}" -eq 0 ]; then
     exit 2
 fi
 
+# The flags come from bridge/kernels/build.py, the one place that defines them.
+nvcc_flags="$(cd "$repo_root" && PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}" "${PYTHON:-python3}" -W ignore::RuntimeWarning -m bridge.kernels.build --nvcc-flags)"
 out_dir="$(mktemp -d)"
 trap 'rm -rf "$out_dir"' EXIT
-export csrc out_dir nvcc_bin
+export csrc out_dir nvcc_bin nvcc_flags
 
 compile_one() {
     local unit="$1" name log
     name="$(basename "$unit" .cu)"
     log="$out_dir/$name.log"
-    if "$nvcc_bin" -std=c++17 -gencode=arch=compute_90a,code=sm_90a -O3 -DNDEBUG --use_fast_math \
-        -Xptxas=-v -I"$csrc" -c "$unit" -o "$out_dir/$name.o" >"$log" 2>&1; then
+    # shellcheck disable=SC2086  # the flags are a word list
+    if "$nvcc_bin" $nvcc_flags -Xptxas=-v -I"$csrc" -c "$unit" -o "$out_dir/$name.o" >"$log" 2>&1; then
         # ptxas reports spills per kernel; surface them without failing the check.
         spills="$(grep -E '[1-9][0-9]* bytes spill stores' "$log" | head -n 1 || true)"
         echo "ok    $name${spills:+   (ptxas: ${spills## })}"

@@ -3,7 +3,7 @@
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 scripts/sanitize_flash.py
 
 Covers ragged tiles (sequence lengths not multiples of the tiles), GQA, causal with s_q != s_k, varlen with a
-zero-length sequence, and both head dims, at sizes small enough for the sanitizer's slowdown.
+zero-length sequence, the deterministic backward, and both head dims, at sizes small enough for the sanitizer's slowdown.
 """
 
 import sys
@@ -26,6 +26,9 @@ def main() -> int:
             out = flash_attn_func(q, k, v, causal=causal)
             if with_bwd:
                 torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
+        if with_bwd:  # the deterministic backward (mma.sync kernels, ordered dQ adds)
+            out = flash_attn_func(q, k, v, causal=True, deterministic=True)
+            torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
         cu_q = torch.tensor([0, 45, 45, 120], dtype=torch.int32, device="cuda")
         cu_k = torch.tensor([0, 30, 90, 90], dtype=torch.int32, device="cuda")
         qv = torch.randn(120, 4, d, device="cuda", dtype=torch.float16, requires_grad=with_bwd)

@@ -29,6 +29,10 @@ EXTENSION_NAME = "bridge_flash_C"
 _ARCHS_ENV = "BRIDGE_FLASH_ARCHS"
 _DEFAULT_ARCHS = ("90a",)
 
+# The head dims the kernel is built for: the one table. The binding gets it as -DBRIDGE_FLASH_HEAD_DIMS, the
+# Python layer (interface.SUPPORTED_HEAD_DIMS) imports it; each needs its csrc/instantiations/*_hd<D>.cu units.
+HEAD_DIMS = (64, 128)
+
 _load_lock = threading.Lock()
 _loaded = False
 
@@ -98,14 +102,22 @@ def toolchain_missing_reason() -> Optional[str]:
     return None
 
 
-def _nvcc_flags() -> list[str]:
+def nvcc_flags() -> list[str]:
+    """The nvcc flags of every kernel translation unit: the one source for this builder and
+    ``scripts/compile_kernels.sh`` (which prints them with ``python -m bridge.kernels.build --nvcc-flags``)."""
     flags = ["-O3", "-DNDEBUG", "--use_fast_math", "-std=c++17", "-lineinfo"]
     for arch in target_archs():
         flags.append(f"-gencode=arch=compute_{arch},code=sm_{arch}")
-    if os.environ.get("BRIDGE_FLASH_VERBOSE"):
-        flags.append("-Xptxas=-v")  # register / spill report per kernel
-    # Tuning experiments, e.g. "-DBRIDGE_FWD_BLOCKN_D128=64" (use a separate BRIDGE_KERNEL_BUILD_DIR).
+    # Tuning experiments, e.g. "-DBRIDGE_FWD_SM90_STAGES=3" (use a separate BRIDGE_KERNEL_BUILD_DIR).
     flags.extend(os.environ.get("BRIDGE_FLASH_EXTRA_CFLAGS", "").split())
+    return flags
+
+
+def binding_cflags() -> list[str]:
+    """C++ flags of the torch bindings (csrc/*.cpp)."""
+    flags = ["-O3", "-std=c++17", "-DBRIDGE_FLASH_HEAD_DIMS=" + ",".join(str(d) for d in HEAD_DIMS)]
+    if "80" in target_archs():
+        flags.append("-DBRIDGE_FLASH_SM80")
     return flags
 
 
@@ -125,14 +137,14 @@ def load_ops():
             out_dir.mkdir(parents=True, exist_ok=True)
             if not is_built():
                 print(f"building the flash kernel (once) into {out_dir} ...", file=sys.stderr, flush=True)
-            cflags = ["-O3", "-std=c++17"]
-            if "80" in target_archs():
-                cflags.append("-DBRIDGE_FLASH_SM80")
+            cuda_flags = nvcc_flags()
+            if os.environ.get("BRIDGE_FLASH_VERBOSE"):
+                cuda_flags.append("-Xptxas=-v")  # register / spill report per kernel
             load(
                 name=EXTENSION_NAME,
                 sources=[str(s) for s in sources()],
-                extra_cflags=cflags,
-                extra_cuda_cflags=_nvcc_flags(),
+                extra_cflags=binding_cflags(),
+                extra_cuda_cflags=cuda_flags,
                 extra_include_paths=[str(CSRC_DIR)],
                 build_directory=str(out_dir),
                 is_python_module=False,
@@ -150,3 +162,9 @@ def backward_is_built() -> bool:
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--nvcc-flags"]:
+        sys.exit("usage: python -m bridge.kernels.build --nvcc-flags   (prints the kernel units' nvcc flags)")
+    print(" ".join(nvcc_flags()))

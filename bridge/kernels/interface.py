@@ -13,6 +13,7 @@ Layers, top to bottom:
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Union
 
 import torch
@@ -20,7 +21,8 @@ import torch
 from bridge.kernels import build
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16)
-SUPPORTED_HEAD_DIMS = (64, 128)
+SUPPORTED_HEAD_DIMS = build.HEAD_DIMS  # the one table (the binding is compiled with it)
+KERNEL_FAMILY_ENV = "BRIDGE_FLASH_IMPL"
 
 Tensor = torch.Tensor
 
@@ -73,6 +75,29 @@ def _gpu_reason(index: int) -> Optional[str]:
     )
 
 
+def kernel_family(device: torch.device) -> str:
+    """Which kernels run on ``device``: "sm90" (TMA + wgmma, Hopper only) or "mma" (mma.sync, sm_80+).
+
+    ``BRIDGE_FLASH_IMPL`` (read on every call, so tests and benchmarks can compare both in one process):
+    ``auto`` or unset = sm90 on an sm_90 GPU and mma elsewhere; ``sm90``; ``mma``. The compiled op receives
+    the choice as its ``kernel_family`` argument (it is asked at run time, inside the custom ops, so
+    torch.compile never traces it); the op still runs mma.sync where a Hopper kernel declines a call (the
+    deterministic backward, tensors a TMA descriptor cannot describe).
+    """
+    requested = os.environ.get(KERNEL_FAMILY_ENV, "auto").strip() or "auto"
+    if requested not in ("auto", "sm90", "mma"):
+        raise ValueError(f"{KERNEL_FAMILY_ENV}={requested!r} is not valid; use auto, sm90 or mma")
+    if requested == "mma":
+        return "mma"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return "sm90" if _capability(index) == (9, 0) else "mma"
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 # ---- custom ops ---------------------------------------------------------------------------------------------
 
 
@@ -95,7 +120,7 @@ def _flash_fwd(
 
 def _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
     return build.load_ops().fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-                                causal)
+                                causal, kernel_family(q.device))
 
 
 def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
@@ -109,7 +134,7 @@ def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
             "the forward pass works, gradients need the backward kernel"
         )
     return build.load_ops().bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                softmax_scale, causal, deterministic)
+                                softmax_scale, causal, deterministic, kernel_family(q.device))
 
 
 @_flash_fwd.register_fake

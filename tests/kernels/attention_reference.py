@@ -101,5 +101,5 @@ FLASH_IMPLS = ("sm90", "mma")
 
 
 def use_flash_impl(monkeypatch, impl: str) -> None:
-    """Selects the kernel family for the rest of a test (the binding reads BRIDGE_FLASH_IMPL per call)."""
+    """Selects the kernel family for the rest of a test (bridge.kernels.interface.kernel_family reads BRIDGE_FLASH_IMPL per call)."""
     monkeypatch.setenv("BRIDGE_FLASH_IMPL", impl)

@@ -4,18 +4,18 @@ The forward output and log-sum-exp come from an fp32 PyTorch reference, so these
 forward kernel. Gradients must be within 3x of PyTorch's own error when it runs the same attention in the
 input's 16-bit dtype (both measured against fp32 autograd on the same rounded inputs).
 
-Run ``python tests/kernels/test_flash_bwd.py --bench`` on the GPU machine to time the backward against
-PyTorch SDPA's FlashAttention-2 backward, and
-``compute-sanitizer --tool memcheck python tests/kernels/test_flash_bwd.py --small`` for the memory check.
+``scripts/bench_flash_bwd.py`` times the backward alone against PyTorch SDPA's FlashAttention-2 backward;
+``scripts/sanitize_flash.py`` is the memory check.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 
 import pytest
 import torch
+
+from bridge.kernels.interface import kernel_family
 
 pytestmark = [
     pytest.mark.gpu,
@@ -106,7 +106,8 @@ def assert_grads_close(got, q, k, v, dout, causal, scale):
 
 def run_bwd(q, k, v, out, lse, dout, causal, scale, deterministic=False, cu_q=None, cu_k=None, max_q=0, max_k=0):
     poison_allocator(4 * (q.numel() + k.numel() + v.numel()) * 2)
-    return _ops().bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal, deterministic)
+    return _ops().bwd(dout, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, causal, deterministic,
+                      kernel_family(q.device))
 
 
 # ---- fixed length ---------------------------------------------------------------------------------------
@@ -247,90 +248,3 @@ def test_bad_arguments_raise_readable_errors():
     with pytest.raises(RuntimeError, match="both cu_seqlens_q and cu_seqlens_k"):
         cu = torch.tensor([0, 64], device="cuda", dtype=torch.int32)
         bwd(dout[0], q[0], k[0], v[0], out[0], lse[0], cu, None, 64, 64, 0.1, False, False)
-
-
-# ---- timing against SDPA's FlashAttention-2 backward (python tests/kernels/test_flash_bwd.py --bench) -------
-
-BENCH_CONFIGS = [  # (b, h, h_kv, d, s, causal), docs/kernel.md's configurations
-    (2, 16, 16, 64, 512, False), (2, 16, 16, 128, 2048, True), (2, 32, 4, 128, 8192, True),
-    (8, 32, 32, 64, 2048, False), (8, 32, 32, 64, 2048, True), (1, 32, 32, 64, 16384, True),
-    (8, 16, 16, 128, 2048, False), (2, 16, 16, 128, 8192, True), (1, 16, 16, 128, 16384, False),
-]
-
-
-def _median_ms(fn, reps=20):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
-def bench() -> None:
-    """Backward TFLOP/s of this kernel and of SDPA's FA2 backend on the docs/kernel.md configurations."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    ops = _ops()
-    print(f"{'config':38s} {'ours ms':>8s} {'FA2 ms':>8s} {'ours TF':>8s} {'FA2 TF':>8s} {'ratio':>6s}")
-    for b, h, h_kv, d, s, causal in BENCH_CONFIGS:
-        q, k, v, dout = (torch.randn(b, s, n, d, device="cuda", dtype=torch.bfloat16) for n in (h, h_kv, h_kv, h))
-        scale = 1.0 / math.sqrt(d)
-        # FA2 through SDPA ([b, h, s, d] views; K/V repeated for GQA since FA2 in SDPA has no native GQA)
-        qt, kt, vt = (t.transpose(1, 2).detach().requires_grad_() for t in
-                      (q, k.repeat_interleave(h // h_kv, 2), v.repeat_interleave(h // h_kv, 2)))
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            out_t = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, scale=scale)
-        dout_t = dout.transpose(1, 2)
-        fa2_ms = _median_ms(lambda: torch.autograd.grad(out_t, (qt, kt, vt), dout_t, retain_graph=True))
-        # ours, fed with SDPA-flash's own forward output and lse (natural log, [b, h, s])
-        res = torch.ops.aten._scaled_dot_product_flash_attention(qt, kt, vt, 0.0, causal, False, scale=scale)
-        out, lse = res[0].transpose(1, 2), res[1][:, :, :s].contiguous()
-        ours_ms = _median_ms(lambda: ops.bwd(dout, q, k, v, out, lse, None, None, s, s, scale, causal, False))
-        flops = 2.5 * 4 * b * h * s * s * d / (2 if causal else 1)
-        name = f"b{b} h{h}/{h_kv} d{d} s{s} {'causal' if causal else 'full'}"
-        print(f"{name:38s} {ours_ms:8.3f} {fa2_ms:8.3f} {flops / ours_ms / 1e9:8.1f} {flops / fa2_ms / 1e9:8.1f} "
-              f"{fa2_ms / ours_ms:6.2f}", flush=True)
-
-
-def one_call(spec: str) -> None:
-    """One backward call of config "b,h,h_kv,d,s,causal" after a warm-up, e.g. for ``ncu`` (profile the last)."""
-    b, h, h_kv, d, s, causal = (int(x) for x in spec.split(","))
-    q, k, v, dout = (torch.randn(b, s, n, d, device="cuda", dtype=torch.bfloat16) for n in (h, h_kv, h_kv, h))
-    scale = 1.0 / math.sqrt(d)
-    out, lse = torch.randn_like(q), torch.randn(b, h, s, device="cuda")
-    for _ in range(2):
-        _ops().bwd(dout, q, k, v, out, lse, None, None, s, s, scale, bool(causal), False)
-    torch.cuda.synchronize()
-
-
-def small_cases() -> None:
-    """A few small calls covering every code path (fixed, varlen, GQA, causal, deterministic), for memcheck."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    for d in (64, 128):
-        q, k, v, dout = make_inputs(2, 70, 150, 4, 2, d, torch.bfloat16, gen)
-        out, lse = forward_reference(q, k, v, True, 0.1)
-        for det in (False, True):
-            run_bwd(q, k, v, out, lse, dout, True, 0.1, deterministic=det)
-        cu = torch.tensor([0, 70, 70, 140], device="cuda", dtype=torch.int32)
-        qv, kv, vv, dov = (t.reshape(140, t.shape[2], d)[:140] for t in (q, k[:, :70], v[:, :70], dout))
-        lse_v = torch.randn(4, 140, device="cuda")
-        run_bwd(qv, kv, vv, dov, lse_v, dov, False, 0.1, cu_q=cu, cu_k=cu, max_q=70, max_k=70)
-    torch.cuda.synchronize()
-    print("small cases ran")
-
-
-if __name__ == "__main__":
-    if "--bench" in sys.argv:
-        bench()
-    elif "--one" in sys.argv:
-        one_call(sys.argv[sys.argv.index("--one") + 1])
-    elif "--small" in sys.argv:
-        small_cases()
-    else:
-        sys.exit(pytest.main([__file__, "-q", *sys.argv[1:]]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -121,5 +123,47 @@ def test_every_launcher_has_an_instantiation_per_dtype_and_head_dim():
     names = {p.stem for p in inst.glob("*.cu")}
     for kind in ("fwd", "bwd", "fwd_sm90", "bwd_sm90"):
         for dtype in ("bf16", "fp16"):
-            for d in (64, 128):
+            for d in build.HEAD_DIMS:  # the one table of head dims
                 assert f"flash_{kind}_{dtype}_hd{d}" in names
+
+
+def test_head_dims_have_one_source():
+    from bridge.kernels import SUPPORTED_HEAD_DIMS
+
+    assert SUPPORTED_HEAD_DIMS is build.HEAD_DIMS
+    assert "-DBRIDGE_FLASH_HEAD_DIMS=" + ",".join(map(str, build.HEAD_DIMS)) in build.binding_cflags()
+
+
+def test_compile_check_uses_the_builders_nvcc_flags():
+    root = Path(__file__).resolve().parents[2]
+    printed = subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "bridge.kernels.build", "--nvcc-flags"],
+                             cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    assert printed == build.nvcc_flags()
+    assert "-gencode=arch=compute_90a,code=sm_90a" in printed
+    script = (root / "scripts" / "compile_kernels.sh").read_text()
+    assert "-m bridge.kernels.build --nvcc-flags" in script and "-gencode" not in script
+
+
+@pytest.mark.parametrize("env, capability, family", [
+    (None, (9, 0), "sm90"), ("auto", (9, 0), "sm90"), ("sm90", (9, 0), "sm90"), ("mma", (9, 0), "mma"),
+    (None, (8, 0), "mma"), ("sm90", (8, 9), "mma"),
+])
+def test_kernel_family_is_chosen_in_python(monkeypatch, env, capability, family):
+    if env is None:
+        monkeypatch.delenv("BRIDGE_FLASH_IMPL", raising=False)
+    else:
+        monkeypatch.setenv("BRIDGE_FLASH_IMPL", env)
+    monkeypatch.setattr(interface, "_capability", lambda index: capability)
+    assert interface.kernel_family(torch.device("cuda", 0)) == family
+
+
+def test_bad_kernel_family_is_one_readable_line(monkeypatch):
+    monkeypatch.setenv("BRIDGE_FLASH_IMPL", "fast")
+    with pytest.raises(ValueError, match=r"^BRIDGE_FLASH_IMPL='fast' is not valid; use auto, sm90 or mma$"):
+        interface.kernel_family(torch.device("cuda", 0))
+
+
+def test_the_binding_reads_no_environment():
+    csrc = Path(build.CSRC_DIR)
+    for source in list(csrc.glob("*.cpp")) + list(csrc.glob("*.h")):
+        assert "getenv" not in source.read_text(), source.name

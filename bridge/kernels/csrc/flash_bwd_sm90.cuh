@@ -126,8 +126,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
     // streams at once.)
     const int n_block = blockIdx.x, hk = blockIdx.y, bi = blockIdx.z;
     const bool varlen = p.cu_seqlens_q != nullptr;
-    const bwd::SeqSpan q_span = bwd::seq_span(p.cu_seqlens_q, bi, p.seqlen_q);
-    const bwd::SeqSpan k_span = bwd::seq_span(p.cu_seqlens_k, bi, p.seqlen_k);
+    const SeqSpan q_span = seq_span(p.cu_seqlens_q, bi, p.seqlen_q);
+    const SeqSpan k_span = seq_span(p.cu_seqlens_k, bi, p.seqlen_k);
     const int q_start = q_span.start, sq = q_span.len, k_start = k_span.start, sk = k_span.len;
     const int n0 = n_block * C::kBlockN;
     if (n0 >= sk) return;  // varlen: this sequence is shorter than max_seqlen_k

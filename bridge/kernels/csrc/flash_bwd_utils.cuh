@@ -1,9 +1,10 @@
 // Backward-only device helpers on top of the shared mma / ldmatrix / cp.async primitives
-// (flash_primitives.cuh): unpacking, element-granular swizzled offsets and the per-sequence geometry.
+// (flash_primitives.cuh): unpacking, element-granular swizzled offsets and accumulator addressing.
 #pragma once
 #include <cstdint>
 
 #include "flash_primitives.cuh"
+#include "flash_seq.cuh"
 
 namespace bridge_flash {
 namespace bwd {
@@ -41,18 +42,6 @@ __device__ __forceinline__ int swz(int row, int col) {
     } else {
         return swizzled_offset<kCols>(row, col >> 3) + (col & 7);
     }
-}
-
-/// Where one sequence of the batch lives: its first row (global packed row for varlen) and its length.
-struct SeqSpan {
-    int start;  // varlen: cu_seqlens[bi]; fixed: 0
-    int len;    // rows in this sequence
-};
-
-__device__ __forceinline__ SeqSpan seq_span(const int* cu_seqlens, int bi, int fixed_len) {
-    if (cu_seqlens == nullptr) return {0, fixed_len};
-    const int s = cu_seqlens[bi];
-    return {s, cu_seqlens[bi + 1] - s};
 }
 
 /// Element offset of row 0 of sequence `bi`: varlen tensors ignore the batch stride and start at the

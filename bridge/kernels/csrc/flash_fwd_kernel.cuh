@@ -6,7 +6,8 @@
 // leaves registers. K and V each have one shared-memory buffer; their loads are interleaved with the two
 // GEMMs (V_j streams in during Q K_j^T, K_{j+1} during the softmax and P V_j).
 //
-// Reads top to bottom: shape constants, the per-tile pieces (two GEMMs, mask, softmax), the kernel, the launcher.
+// Reads top to bottom: shape constants, the per-tile pieces (two GEMMs, mask, softmax), the kernel. The
+// launcher is in flash_fwd_launch.cuh.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -360,20 +361,6 @@ __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks
                 *reinterpret_cast<const uint4*>(sQ + swizzled_offset<D>(row, chunk));
         }
     }
-}
-
-// ---- launcher ------------------------------------------------------------------------------------
-template <typename T, int D>
-void run_flash_fwd(FwdParams& params, cudaStream_t stream) {
-    using S = FwdShape<D>;
-    constexpr int kSmemBytes = S::kSmemElems * static_cast<int>(sizeof(T));
-    const dim3 grid((params.seqlen_q + S::kBlockM - 1) / S::kBlockM, params.h, params.b);
-    if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-    auto kernel = flash_fwd_kernel<T, D>;
-    if (kSmemBytes > 48 * 1024) {
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
-    }
-    kernel<<<grid, S::kThreads, kSmemBytes, stream>>>(params);
 }
 
 }  // namespace bridge_flash

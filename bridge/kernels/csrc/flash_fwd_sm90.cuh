@@ -17,9 +17,9 @@
 #include <cmath>
 #include <cstdint>
 
-#include "flash_bwd_utils.cuh"
 #include "flash_params.h"
 #include "flash_primitives.cuh"
+#include "flash_seq.cuh"
 #include "flash_sm90_common.cuh"
 #include "flash_sm90_wgmma.cuh"
 
@@ -80,8 +80,8 @@ __global__ void __launch_bounds__(FwdConfig<T, D>::kThreads, 1)
     const int m_block = gridDim.x - 1 - blockIdx.x;  // heaviest causal tiles first
     const int hi = blockIdx.y, bi = blockIdx.z;
     const bool varlen = p.cu_seqlens_q != nullptr;
-    const bwd::SeqSpan q_span = bwd::seq_span(p.cu_seqlens_q, bi, p.seqlen_q);
-    const bwd::SeqSpan k_span = bwd::seq_span(p.cu_seqlens_k, bi, p.seqlen_k);
+    const SeqSpan q_span = seq_span(p.cu_seqlens_q, bi, p.seqlen_q);
+    const SeqSpan k_span = seq_span(p.cu_seqlens_k, bi, p.seqlen_k);
     const int q_start = q_span.start, sq = q_span.len, k_start = k_span.start, sk = k_span.len;
     const int m0 = m_block * C::kBlockM;
     if (m0 >= sq) return;  // varlen: this sequence is shorter than max_seqlen_q

@@ -1,5 +1,5 @@
 // Forward kernel instantiation: bf16, head dim 64. One per file so instantiations compile in parallel.
-#include "../flash_fwd_kernel.cuh"
+#include "../flash_fwd_launch.cuh"
 
 namespace bridge_flash {
 template void run_flash_fwd<__nv_bfloat16, 64>(FwdParams& params, cudaStream_t stream);

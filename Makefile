@@ -26,5 +26,8 @@ test-gpu:
 compile-kernels:
 	bash scripts/compile_kernels.sh
 
-train: install
-	torchrun --nproc-per-node=$(NPROC) scripts/train.py --config-name gpt_pretrain $(ARGS)
+# Installs only when bridge or one of its dependencies is missing (not on every run). The launcher mode of
+# scripts/train.py starts NPROC processes as torchrun does and keeps a failure to its one error line.
+train:
+	@$(PYTHON) -c "import bridge, megatron.core, hydra, omegaconf" 2>/dev/null || $(MAKE) --no-print-directory install
+	$(PYTHON) scripts/train.py --nproc-per-node=$(NPROC) --config-name gpt_pretrain $(ARGS)

@@ -17,13 +17,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import warnings
 
-# megatron-core warns about TE / Apex being absent and a CUDA-graph default it sets itself (as in scripts/train.py).
-for _message in ("Transformer Engine and Apex are not installed", "Apex is not installed", "full scope is deprecated"):
-    warnings.filterwarnings("ignore", message=_message)
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch\.distributed\.checkpoint|megatron\.core)")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bridge.console import quiet_scripts  # noqa: E402
+
+quiet_scripts()  # megatron-core's notices about TE / Apex, which bridge does not use
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -11,7 +11,13 @@ best backend of this machine, whatever the training run used).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bridge.console import quiet_scripts  # noqa: E402
+
+quiet_scripts()
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -2,28 +2,33 @@
 
     torchrun --nproc-per-node=1 scripts/train.py --config-name gpt_pretrain model.attention_backend=local
     torchrun --nproc-per-node=2 scripts/train.py --config-name t5_pretrain train.train_steps=50
+    python scripts/train.py --nproc-per-node=2 --config-name t5_pretrain train.train_steps=50
 
 torch.distributed comes from the torchrun environment (NCCL on GPU, gloo on CPU; a plain ``python`` launch
 is one process); tensor / pipeline sizes come from ``model.*``, the other ranks are data parallel.
-A bad recipe or value prints one ``error: ...`` line and exits with status 2; a run that fails (diverged
+A bad recipe, value or path prints one ``error: ...`` line and exits with status 2; a run that fails (diverged
 loss, unusable checkpoint) prints one line and exits with status 1. ``BRIDGE_FULL_ERROR=1`` shows the
 traceback instead.
+
+Under ``torchrun`` the line is also written to torch elastic's error file, so torchrun's failure report
+quotes it, but torchrun then prints its report and exits with status 1. ``python scripts/train.py
+--nproc-per-node=N`` is the launcher mode: it checks the recipe before starting any process, starts the N
+workers with torch's elastic launcher (what torchrun runs), and ends with the workers' one line and their
+exit status.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
-import warnings
+import time
 
-# megatron-core warns that TE / Apex are absent (bridge does not use them, see docs/backends.md) and about a
-# CUDA-graph default it sets itself; neither is something a user can act on.
-for _message in ("Transformer Engine and Apex are not installed", "Apex is not installed", "full scope is deprecated"):
-    warnings.filterwarnings("ignore", message=_message)
-# torch.distributed.checkpoint's deprecation notices about APIs megatron-core's loader calls, not ours.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch\.distributed\.checkpoint|megatron\.core)")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bridge.console import quiet_scripts  # noqa: E402
+
+quiet_scripts()
 
 from bridge.recipes import ConfigError, load_config  # noqa: E402
 from bridge.recipes.cli import parse_args, run_to_yaml  # noqa: E402
@@ -46,35 +51,90 @@ def _setup_logging() -> None:
     bridge_logger.propagate = False
 
 
+def _message(exc: BaseException) -> str:
+    """The first line of ``exc``; for a file-system error, the path and the reason."""
+    if isinstance(exc, OSError) and exc.filename and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _fail(exc: BaseException, code: int, every_rank: bool = False) -> int:
     if os.environ.get("BRIDGE_FULL_ERROR") == "1":
         raise exc
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    line = f"error: {_message(exc)}"
     if every_rank or _rank() == 0:
         where = f"[rank {_rank()}] " if every_rank and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{where}error: {message}", file=sys.stderr, flush=True)
+        print(f"{where}{line}", file=sys.stderr, flush=True)
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")  # set by torchrun for each worker
+    if error_file:
+        with open(error_file, "w") as f:
+            json.dump({"message": line, "timestamp": int(time.time())}, f)
     return code
 
 
+def _check_here(run) -> None:
+    """What ``--cfg`` adds to the schema's validation: the model's explicit backends can run on this machine."""
+    from bridge.models.build_checks import check_provider_for_this_machine
+
+    check_provider_for_this_machine(run.model)
+
+
+def _launch(nproc: int, argv) -> int:
+    """Launcher mode: start ``nproc`` workers of this script through torch's elastic launcher (torchrun's own
+    ``run``), then return their exit status with nothing printed after their one-line error."""
+    import logging as _logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args as torchrun_args
+    from torch.distributed.run import run as torchrun
+
+    for name in ("torch.distributed.elastic", "torch.distributed.run"):  # the agent's own failure report
+        _logging.getLogger(name).setLevel(_logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets (and otherwise warns about)
+    try:
+        torchrun(torchrun_args([f"--nproc-per-node={nproc}", os.path.abspath(__file__), *argv]))
+    except ChildFailedError as exc:
+        _, failure = exc.get_first_failure()
+        return failure.exitcode if failure.exitcode > 0 else EXIT_RUN_ERROR
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     _setup_logging()
+    from bridge.attention import BackendUnavailableError  # an explicit backend this machine cannot run: config
     from bridge.training import CheckpointError, TrainingDivergedError, init_distributed, shutdown_distributed, train
 
+    launching = args.nproc_per_node is not None and "RANK" not in os.environ
     try:
         run = load_config(args.config_name, args.overrides, args.config_dir)
-        if args.cfg:
-            print(run_to_yaml(run))
+        if args.cfg:  # the validated config; then whether this machine can run it (exit 2 when it cannot)
+            print(run_to_yaml(run), flush=True)
+            _check_here(run)
             return 0
+        if launching:
+            worker_argv = [a for i, a in enumerate(argv) if not _is_nproc_arg(argv, i)]
+            return _launch(args.nproc_per_node, worker_argv)
         init_distributed(run)
         train(run)
-    except (ConfigError, ValueError) as exc:
+    except (ConfigError, ValueError, OSError, MemoryError, BackendUnavailableError) as exc:
         return _fail(exc, EXIT_CONFIG_ERROR)
-    except (CheckpointError, TrainingDivergedError, RuntimeError) as exc:
+    except (CheckpointError, TrainingDivergedError) as exc:  # the same message on every rank: rank 0 says it
+        return _fail(exc, EXIT_RUN_ERROR)
+    except RuntimeError as exc:
         return _fail(exc, EXIT_RUN_ERROR, every_rank=True)
     finally:
-        shutdown_distributed()
+        if not launching:
+            shutdown_distributed()
     return 0
+
+
+def _is_nproc_arg(argv, i: int) -> bool:
+    """Whether ``argv[i]`` is part of ``--nproc-per-node N`` / ``--nproc-per-node=N`` (launcher-only)."""
+    arg = argv[i]
+    return arg.startswith("--nproc-per-node") or (i > 0 and argv[i - 1] == "--nproc-per-node")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple, Union
 
 from bridge.attention import flash, fused, local, measured
 from bridge.attention.inputs import AttentionInputs
@@ -76,9 +76,10 @@ def debug_level() -> int:
 
 
 def _ensure_debug_handler() -> None:
-    """Make the debug lines visible: through the application's logging if it has any, else on stderr."""
+    """Make the debug lines visible: through the application's logging if it has any (this logger's or an
+    ancestor's, e.g. the ``bridge`` logger of scripts/train.py), else on stderr; never both."""
     logger.setLevel(logging.DEBUG)
-    if logger.handlers or logging.getLogger().handlers:
+    if logger.hasHandlers():
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[bridge.attention] %(message)s"))
@@ -90,12 +91,13 @@ def select_backend(
     inputs: AttentionInputs,
     layer: str = "attention",
     exclude: Iterable[AttnBackend] = (),
-    log: bool = True,
+    log: Union[bool, Callable[[AttnBackend], bool]] = True,
 ) -> AttnBackend:
     """Return the backend that runs ``inputs``; raise :class:`BackendUnavailableError` for an impossible explicit one.
 
     ``exclude`` removes backends from ``auto``'s choice (the legacy ``use_flash_attention=False``);
-    ``log=False`` keeps build-time checks out of the NVTE_DEBUG log, which reports what layers run.
+    ``log=False`` keeps build-time checks out of the NVTE_DEBUG log, which reports what layers run; a callable
+    ``log`` is asked with the chosen backend whether this decision is worth a line.
     """
     requested = canonical(requested)
     excluded = {canonical(b) for b in exclude}
@@ -119,7 +121,7 @@ def select_backend(
         if chosen is None:
             detail = "; ".join(f"{b.value}: {r}" for b, r in reasons.items())
             raise BackendUnavailableError(f"no attention backend can run {layer}: {detail}")
-    level = debug_level() if log else 0
+    level = debug_level() if (log(chosen) if callable(log) else log) else 0
     if level:
         _ensure_debug_handler()
         how = "auto" if requested == AttnBackend.auto else "requested"
@@ -144,6 +146,7 @@ class LayerBackend:
         self.exclude: Tuple[AttnBackend, ...] = tuple(canonical(b) for b in exclude)
         self.layer = layer
         self._decided: Dict[AttentionInputs, AttnBackend] = {}
+        self._logged: Optional[AttnBackend] = None  # the decision last written to the NVTE_DEBUG log
         self.last: Optional[AttnBackend] = None
         """What the latest :meth:`choose` returned (for logs, tests and ``TrainResult.attention_backends``)."""
 
@@ -151,7 +154,10 @@ class LayerBackend:
         """The backend for ``inputs``: decided (and logged under NVTE_DEBUG) the first time, kept after."""
         chosen = self._decided.get(inputs)
         if chosen is None:
-            chosen = self._decided[inputs] = select_backend(self.requested, inputs, self.layer, self.exclude)
+            # NVTE_DEBUG: a line when the layer's backend changes, not for every new input shape
+            chosen = self._decided[inputs] = select_backend(self.requested, inputs, self.layer, self.exclude,
+                                                            log=lambda backend: backend is not self._logged)
+            self._logged = chosen
         self.last = chosen
         return chosen
 

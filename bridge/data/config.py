@@ -81,6 +81,8 @@ class DataConfig:
         self.split_weights()
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.seed < 0:
+            raise ValueError(f"data.seed must be >= 0 (numpy seeds are unsigned), got {self.seed}")
         if not 0.0 < self.noise_density < 1.0:
             raise ValueError(f"data.noise_density must be in (0, 1), got {self.noise_density}")
         if self.mean_noise_span_length < 1.0:

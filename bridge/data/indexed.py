@@ -122,15 +122,46 @@ def open_indexed_dataset(prefix: str, tokenizer: Tokenizer):
         raise FileNotFoundError(
             f"indexed dataset {prefix!r} is incomplete: missing {', '.join(missing)} "
             "(data.paths lists prefixes without the .bin/.idx suffix; make them with scripts/preprocess_data.py)")
+    written_by = None
     if os.path.isfile(sidecar_path(prefix)):
-        with open(sidecar_path(prefix)) as f:
-            written_by = json.load(f)
+        try:
+            with open(sidecar_path(prefix)) as f:
+                written_by = json.load(f)
+        except ValueError as exc:
+            raise ValueError(f"{sidecar_path(prefix)} is not valid JSON ({exc}); delete it or preprocess the data "
+                             "again") from None
         if written_by.get("fingerprint") != tokenizer.fingerprint:
             raise ValueError(
                 f"indexed dataset {prefix!r} was tokenized with {written_by.get('fingerprint')} "
                 f"(vocab {written_by.get('vocab_size')}), but training uses {tokenizer.fingerprint} "
                 f"(vocab {tokenizer.vocab_size}); preprocess it again with the training tokenizer")
-    return load_indexed_dataset_module().IndexedDataset(prefix, mmap=True)
+    try:
+        dataset = load_indexed_dataset_module().IndexedDataset(prefix, mmap=True)
+    except Exception as exc:  # megatron-core asserts on a bad header, numpy fails on a short index
+        raise ValueError(f"indexed dataset {prefix!r} cannot be read ({type(exc).__name__}: {exc}); the .idx is "
+                         "damaged or not megatron's format: make it again with scripts/preprocess_data.py") from None
+    _check_contents(prefix, dataset, tokenizer, ids_known_to_fit=written_by is not None)
+    return dataset
+
+
+def _check_contents(prefix: str, dataset, tokenizer: Tokenizer, ids_known_to_fit: bool) -> None:
+    """The .bin holds what the .idx points at, and (for files made by other tools) every id fits the vocabulary."""
+    index = dataset.index
+    bin_path = prefix + ".bin"
+    size = os.path.getsize(bin_path)
+    if len(index.sequence_lengths):
+        needed = int(index.sequence_pointers[-1]) + int(index.sequence_lengths[-1]) * index.dtype_size
+        if needed > size:
+            raise ValueError(f"{bin_path} has {size} bytes but its .idx points up to byte {needed}: the data is "
+                             "truncated or belongs to another .idx; make it again with scripts/preprocess_data.py")
+    if ids_known_to_fit or size == 0:
+        return
+    tokens = np.memmap(bin_path, dtype=index.dtype, mode="r")
+    largest = int(tokens.max())
+    if largest >= tokenizer.vocab_size:
+        raise ValueError(f"indexed dataset {prefix!r} holds token id {largest}, beyond the tokenizer's vocabulary "
+                         f"({tokenizer.vocab_size} ids): it was made with another tokenizer; preprocess it again "
+                         "with the training tokenizer")
 
 
 def document_split(num_docs: int, weights: Sequence[float]) -> List[Tuple[int, int]]:

@@ -29,6 +29,10 @@ def read_jsonl_records(path: str, keys: Sequence[str]) -> Iterator[Dict[str, str
             if missing:
                 raise ValueError(f"{path}:{line_no}: no key {missing[0]!r} (keys there: {', '.join(sorted(record))}); "
                                "set the data key option to the name your file uses")
+            for k in keys:
+                value = record[k]
+                if not isinstance(value, str) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise ValueError(f"{path}:{line_no}: {k!r} is {json.dumps(value)[:40]}, not text; give a string")
             yield {k: str(record[k]) for k in keys}
 
 

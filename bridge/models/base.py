@@ -215,6 +215,18 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
         for name in ("hidden_dropout", "attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 problems.append(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("ffn_hidden_size", "kv_channels"):  # None = derived from hidden_size / the head count
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                problems.append(f"{name} must be positive (or null to derive it), got {getattr(self, name)}")
+        if self.make_vocab_size_divisible_by <= 0:
+            problems.append(f"make_vocab_size_divisible_by must be positive (1 = no padding), got "
+                            f"{self.make_vocab_size_divisible_by}")
+        if not 0.0 < self.rotary_percent <= 1.0:
+            problems.append(f"rotary_percent must be in (0, 1] (the share of each head's dims that rotate), got "
+                            f"{self.rotary_percent}")
+        for name in ("rotary_base", "layernorm_epsilon"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_attention_heads > 0 and self.tensor_model_parallel_size > 0:
             attempt(validate_query_groups, self.num_attention_heads, self.num_query_groups, self.tensor_model_parallel_size)
         elif self.num_attention_heads <= 0:

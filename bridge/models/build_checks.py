@@ -65,3 +65,16 @@ def check_recompute_support(provider: TransformerProvider) -> None:
         raise ValueError(
             f"recompute_granularity={provider.recompute_granularity} needs a CUDA GPU (megatron-core's activation "
             "checkpointing saves the CUDA RNG state); leave it None on a CPU-only machine")
+
+
+def check_provider_for_this_machine(provider: TransformerProvider) -> None:
+    """The checks ``provide()`` makes before building, without building anything (``scripts/train.py --cfg``):
+    every explicit attention backend of the model must be able to run here."""
+    check_layer_norm_support(provider)
+    check_recompute_support(provider)
+    if hasattr(provider, "encoder_attention_backend"):  # T5: one backend per stack
+        for stack in ("encoder", "decoder"):
+            check_backend_for_this_machine(provider, getattr(provider, f"{stack}_attention_backend"),
+                                           f"T5 {stack}", provider.excluded_backends(stack))
+    else:
+        check_backend_for_this_machine(provider, provider.attention_backend, "GPT", provider.excluded_backends())

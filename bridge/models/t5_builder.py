@@ -18,7 +18,7 @@ from bridge.models.build_checks import (
     check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
 )
 from bridge.models.layer_specs import t5_block_specs
-from bridge.models.parallel import ensure_model_parallel
+from bridge.distributed import ensure_model_parallel
 from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
 

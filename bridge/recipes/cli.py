@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  torchrun --nproc-per-node=1 scripts/train.py --config-name gpt_pretrain train.train_steps=100\n"
             "  torchrun --nproc-per-node=2 scripts/train.py --config-name t5_pretrain model.attention_backend=local\n"
+            "  python scripts/train.py --nproc-per-node=2 --config-name t5_pretrain   # the same, one-line errors\n"
             "  python scripts/train.py --config-name gpt_pretrain model=gpt_126m --cfg   # print the run, do not train"
         ),
     )
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra folder of recipes, searched before bridge's conf/")
     parser.add_argument("--cfg", action="store_true",
                         help="print the validated run config as YAML and exit without training")
+    parser.add_argument("--nproc-per-node", type=int, default=None, metavar="N",
+                        help="launcher mode: check the recipe, then start N processes (as torchrun does); errors "
+                             "stay one line with their exit status")
     return parser
 
 

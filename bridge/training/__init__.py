@@ -24,11 +24,12 @@ from bridge.training.config import (
     CheckpointConfig, DecayStyle, Device, LoggingConfig, OptimizerConfig, OptimizerType, Precision, RunConfig,
     SchedulerConfig, TrainingConfig,
 )
-from bridge.training.checkpointing import CheckpointError, load_run_config, load_weights, resolve_checkpoint
-from bridge.training.distributed import DistributedEnv, init_distributed, shutdown_distributed
+from bridge.training.checkpointing import load_run_config, load_weights, resolve_checkpoint
+from bridge.training.errors import CheckpointError, TrainingDivergedError
+from bridge.distributed import DistributedEnv, init_distributed, shutdown_distributed
 from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
-from bridge.training.trainer import TrainingDivergedError, TrainResult, train
+from bridge.training.trainer import TrainResult, train
 
 __all__ = [
     "CheckpointConfig", "CheckpointError", "DecayStyle", "Device", "DistributedEnv", "LoggingConfig",

@@ -124,8 +124,9 @@ class OptimizerConfig:
 class SchedulerConfig:
     """Learning-rate schedule (megatron-core ``OptimizerParamScheduler``); ``scheduler.*`` in the recipes."""
 
-    warmup_steps: int = 100
-    """Steps of linear warmup from 0 to ``optimizer.lr``."""
+    warmup_steps: Optional[int] = 100
+    """Steps of linear warmup from 0 to ``optimizer.lr``; None = a tenth of the decay steps (so a short run
+    keeps a warmup that fits it)."""
 
     decay_style: DecayStyle = DecayStyle.cosine
     """cosine | linear | constant: the learning rate after warmup, down to ``optimizer.min_lr``."""
@@ -135,8 +136,9 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         self.decay_style = parse_choice(DecayStyle, self.decay_style, "scheduler.decay_style")
-        _require(self.warmup_steps >= 0, f"scheduler.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.decay_steps is not None:
+        _require(self.warmup_steps is None or self.warmup_steps >= 0,
+                 f"scheduler.warmup_steps must be >= 0 (or null for a tenth of the decay), got {self.warmup_steps}")
+        if self.decay_steps is not None and self.warmup_steps is not None:
             _require(self.decay_steps > self.warmup_steps,
                      f"scheduler.decay_steps={self.decay_steps} must exceed warmup_steps={self.warmup_steps} "
                      "(or be null for train.train_steps)")
@@ -152,8 +154,9 @@ class TrainingConfig:
     micro_batch_size: int = 8
     """Samples per forward/backward on one data-parallel rank."""
 
-    global_batch_size: int = 8
-    """Samples per optimizer step over all ranks = micro_batch_size × accumulation steps × data-parallel size."""
+    global_batch_size: Optional[int] = 8
+    """Samples per optimizer step over all ranks = micro_batch_size × accumulation steps × data-parallel size;
+    None = micro_batch_size × data-parallel size (no accumulation, fits any number of processes)."""
 
     eval_interval: int = 100
     """Compute the validation loss every this many steps (and at the end); 0 = only at the end."""
@@ -186,12 +189,16 @@ class TrainingConfig:
     def __post_init__(self) -> None:
         self.device = parse_choice(Device, self.device, "train.device")
         self.precision = parse_choice(Precision, self.precision, "train.precision")
-        for name in ("train_steps", "micro_batch_size", "global_batch_size", "eval_steps", "log_interval"):
+        for name in ("train_steps", "micro_batch_size", "eval_steps", "log_interval"):
             _require(getattr(self, name) > 0, f"train.{name} must be positive, got {getattr(self, name)}")
+        _require(self.global_batch_size is None or self.global_batch_size > 0,
+                 f"train.global_batch_size must be positive (or null for micro × data parallel), got "
+                 f"{self.global_batch_size}")
+        _require(self.seed >= 0, f"train.seed must be >= 0 (numpy seeds are unsigned), got {self.seed}")
         _require(self.task_accuracy_examples >= 0,
                  f"train.task_accuracy_examples must be >= 0, got {self.task_accuracy_examples}")
         _require(self.eval_interval >= 0, f"train.eval_interval must be >= 0 (0 = only at the end), got {self.eval_interval}")
-        _require(self.global_batch_size % self.micro_batch_size == 0,
+        _require(self.global_batch_size is None or self.global_batch_size % self.micro_batch_size == 0,
                  f"train.global_batch_size={self.global_batch_size} must be a multiple of "
                  f"train.micro_batch_size={self.micro_batch_size}")
 
@@ -208,19 +215,29 @@ class CheckpointConfig:
 
     resume: bool = False
     """Continue from the checkpoint named by ``dir/latest``: same step, same data order, same losses.
-    Starts from scratch when ``dir`` has no checkpoint yet."""
+    Without ``latest`` but with step folders, from the newest step whose files match its manifest (logged).
+    Starts from scratch when ``dir`` has no checkpoint yet. Changed optimizer / scheduler / train values take
+    effect (and are logged); changed model architecture fields are an error."""
+
+    overwrite: bool = False
+    """Start fresh in a ``dir`` that holds another run's checkpoints and replace them (they are deleted once
+    this run's first checkpoint is complete). Without it (and without ``resume``) such a ``dir`` is an error."""
 
     pretrained_checkpoint: Optional[str] = None
     """Fine-tuning: load model weights only (no optimizer, step or data position) from this checkpoint
     folder (a ``step_<N>`` folder or a checkpoint ``dir`` with a ``latest`` marker)."""
 
     keep_last: int = 2
-    """Keep this many most recent checkpoints in ``dir`` (older ones are deleted); 0 = keep all."""
+    """Keep this many most recent checkpoints in ``dir`` (older ones are deleted), plus the one with the lowest
+    training loss (a run that diverges slowly keeps a healthy checkpoint); 0 = keep all."""
 
     def __post_init__(self) -> None:
         _require(self.save_interval >= 0, f"checkpoint.save_interval must be >= 0, got {self.save_interval}")
         _require(self.keep_last >= 0, f"checkpoint.keep_last must be >= 0 (0 = keep all), got {self.keep_last}")
         _require(not (self.resume and not self.dir), "checkpoint.resume=true needs checkpoint.dir")
+        _require(not (self.resume and self.overwrite),
+                 "checkpoint.resume=true continues the run in checkpoint.dir, checkpoint.overwrite=true replaces it; "
+                 "set one of them")
 
 
 @dataclass

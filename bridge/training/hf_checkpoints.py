@@ -21,8 +21,9 @@ from megatron.core import dist_checkpointing
 from bridge.interop.hf import HFConversionError, load_hf_weights, save_hf
 from bridge.interop.hf.families import family_for_provider
 from bridge.interop.hf.finetune import hf_directory
+from bridge.distributed import ensure_model_parallel
 from bridge.models import family_spec
-from bridge.models.parallel import ensure_model_parallel
+from bridge.training.checkpoint_manifest import write_manifest
 from bridge.training.checkpointing import (LATEST, SyncTorchDistSaveStrategy, load_run_config, load_weights,
                                           step_dir_name)
 from bridge.training.snapshot import provider_from_snapshot, to_plain, tokenizer_from_snapshot
@@ -30,11 +31,12 @@ from bridge.training.snapshot import provider_from_snapshot, to_plain, tokenizer
 logger = logging.getLogger("bridge.training")
 
 
-def load_pretrained(reference: str, model, provider) -> str:
-    """Load ``reference`` (``hf:<dir>`` or a checkpoint of this project) into ``model``; returns what was loaded."""
+def load_pretrained(reference: str, model, provider, run_config: Optional[Dict[str, Any]] = None) -> str:
+    """Load ``reference`` (``hf:<dir>`` or a checkpoint of this project) into ``model``; returns what was loaded.
+    Given the run's ``run_config``, a checkpoint of this project must come from a model of the same architecture."""
     directory = hf_directory(reference)
     if directory is None:
-        return load_weights(reference, model)
+        return load_weights(reference, model, run_config)
     load_hf_weights(model, provider, directory)
     return directory
 
@@ -107,6 +109,7 @@ def save_imported(model, provider, hf_dir: str, output: str) -> str:
              "run_config": run_config}
     os.makedirs(tmp)
     dist_checkpointing.save(state, tmp, sharded_strategy=SyncTorchDistSaveStrategy())
+    write_manifest(tmp, 0, run_config, loss=None)  # loading checks its files and architecture like any checkpoint
     os.replace(tmp, os.path.join(output, name))
     with open(os.path.join(output, LATEST + ".tmp"), "w") as f:
         f.write(name + "\n")

@@ -123,21 +123,29 @@ def build_optimizer(model, cfg: OptimizerConfig, dtype: torch.dtype, device: tor
 
 def build_scheduler(optimizer, opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig,
                     train_steps: int) -> OptimizerParamScheduler:
-    """Linear warmup to ``lr``, then ``decay_style`` down to ``min_lr`` at ``decay_steps``; stepped once per step."""
+    """Linear warmup to ``lr``, then ``decay_style`` down to ``min_lr`` at ``decay_steps``; stepped once per step.
+
+    On resume the values of this run win over the checkpoint's (megatron-core's
+    ``override_opt_param_scheduler``; its default keeps the checkpoint's): a lower ``optimizer.lr`` after a
+    divergence, another decay style or a longer ``train.train_steps`` take effect. Only the step count comes
+    from the checkpoint; the checkpointer logs what changed."""
     decay_steps = sched_cfg.decay_steps or train_steps
-    if decay_steps <= sched_cfg.warmup_steps:
-        raise ValueError(f"scheduler.warmup_steps={sched_cfg.warmup_steps} must be below the decay end "
-                         f"({decay_steps} steps = scheduler.decay_steps or train.train_steps)")
+    warmup_steps = decay_steps // 10 if sched_cfg.warmup_steps is None else sched_cfg.warmup_steps
+    if decay_steps <= warmup_steps:
+        raise ValueError(f"scheduler.warmup_steps={warmup_steps} must be below the decay end "
+                         f"({decay_steps} steps = scheduler.decay_steps or train.train_steps); lower it or set it to "
+                         "null (a tenth of the decay)")
     return OptimizerParamScheduler(
         optimizer,
         init_lr=0.0,
         max_lr=opt_cfg.lr,
         min_lr=opt_cfg.min_lr,
-        lr_warmup_steps=sched_cfg.warmup_steps,
+        lr_warmup_steps=warmup_steps,
         lr_decay_steps=decay_steps,
         lr_decay_style=sched_cfg.decay_style.value,
         start_wd=opt_cfg.weight_decay,
         end_wd=opt_cfg.weight_decay,
         wd_incr_steps=decay_steps,
         wd_incr_style="constant",
+        use_checkpoint_opt_param_scheduler=False, override_opt_param_scheduler=True,
     )

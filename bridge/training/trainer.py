@@ -13,23 +13,27 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 
 from bridge.data import DatasetKind, PretrainingSampler
+from bridge.distributed import DistributedEnv, init_distributed, seed_everything
 from bridge.models import FamilySpec
-from bridge.training.checkpointing import load_checkpoint, resolve_checkpoint, restore_rng, save_checkpoint
+from bridge.training.checkpointer import Checkpointer
+from bridge.training.checkpointing import preserved_rng, restore_rng
 from bridge.training.data_parallel import wrap_data_parallel
-from bridge.training.distributed import DistributedEnv, init_distributed, seed_everything
+from bridge.training.errors import TrainingDivergedError
 from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
 from bridge.training.hf_checkpoints import load_pretrained
 from bridge.training.loss import batch_to_device, masked_loss
+from bridge.training.memory import check_fits_on_cpu
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
 from bridge.training.reporting import Reporter
@@ -42,8 +46,40 @@ SAMPLE_PROMPT = "The "
 """Prompt of the end-of-run sample (the embedded corpus is English prose about Python)."""
 
 
-class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or inf; the run stopped without touching its last checkpoint."""
+__all__ = ["TrainResult", "TrainingDivergedError", "batch_plan", "evaluate", "train"]
+
+
+@dataclass
+class TrainState:
+    """Where the run is: advanced by the loop, recorded by every checkpoint, restored on resume."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    consumed_samples: int = 0
+    """Samples drawn so far over all ranks (the sampler continues from here)."""
+    loss: Optional[float] = None
+    """Training loss of the latest step (recorded in the checkpoint's manifest)."""
+
+
+@dataclass
+class RunParts:
+    """What ``train`` built for a run, handed to the loop and the evaluation as one object."""
+
+    run: Any
+    env: DistributedEnv
+    family: FamilySpec
+    core: Any
+    """The megatron-core model (checkpoints, generation); with pipeline stages this rank's stage."""
+    wrapped: Any
+    """Its training wrapper (data parallel, fp16/bf16 cast)."""
+    optimizer: Any
+    scheduler: Any
+    checkpointer: Checkpointer
+    reporter: Reporter
+    valid_ds: Any
+    accumulation: int
+    flops_per_sample: float
+    peak: Optional[float]
 
 
 @dataclass
@@ -73,8 +109,11 @@ class TrainResult:
 
 
 def batch_plan(train_cfg, data_parallel_size: int) -> int:
-    """Micro-batches accumulated per step; global batch must be micro × accumulation × data-parallel size."""
+    """Micro-batches accumulated per step; global batch must be micro × accumulation × data-parallel size.
+    A null ``train.global_batch_size`` becomes micro × data-parallel size here (one micro-batch per rank)."""
     per_pass = train_cfg.micro_batch_size * data_parallel_size
+    if train_cfg.global_batch_size is None:
+        train_cfg.global_batch_size = per_pass
     if train_cfg.global_batch_size % per_pass != 0:
         raise ValueError(
             f"train.global_batch_size={train_cfg.global_batch_size} is not a multiple of train.micro_batch_size="
@@ -129,16 +168,20 @@ def _mean_over_ranks(value: torch.Tensor) -> float:
 
 @torch.no_grad()
 def evaluate(wrapped, valid_ds, run, env: DistributedEnv, family: FamilySpec) -> float:
-    """Mean validation loss over ``train.eval_steps`` micro-batches per rank (always the same samples)."""
+    """Mean validation loss over ``train.eval_steps`` micro-batches per rank (always the same samples).
+
+    The training RNG is left as it was (the loader draws from it), so evaluating never changes the run's
+    dropout masks and a checkpoint saved after an evaluation resumes exactly."""
     micro, steps = run.train.micro_batch_size, run.train.eval_steps
-    batches = _loader(valid_ds, steps * micro * env.data_parallel_size, 0, micro, env, 0)
-    if env.pipeline_parallel_size > 1:
-        return pipeline_evaluate(wrapped, batches, steps, micro, run.model.seq_length, env.device)
-    wrapped.eval()
-    total = torch.zeros((), device=env.device)
-    for batch in batches:
-        total += masked_loss(wrapped, batch_to_device(batch, env.device), family)[0].detach()
-    wrapped.train()
+    with preserved_rng():
+        batches = _loader(valid_ds, steps * micro * env.data_parallel_size, 0, micro, env, 0)
+        if env.pipeline_parallel_size > 1:
+            return pipeline_evaluate(wrapped, batches, steps, micro, run.model.seq_length, env.device)
+        wrapped.eval()
+        total = torch.zeros((), device=env.device)
+        for batch in batches:
+            total += masked_loss(wrapped, batch_to_device(batch, env.device), family)[0].detach()
+        wrapped.train()
     return _mean_over_ranks(total / steps)
 
 
@@ -155,42 +198,53 @@ def train(run) -> TrainResult:
     """Run ``run`` (a :class:`bridge.training.RunConfig`) to ``train.train_steps``."""
     family = finalize_run(run)
     env = init_distributed(run)
-    precision = run.train.precision.value
-    seed_everything(run.train.seed, env.device)
+    cfg = run.train
+    checkpointer = Checkpointer(run.checkpoint, run_snapshot(run), cfg.train_steps)
+    checkpointer.open()  # a folder that cannot be used fails here, before anything is built
+    try:
+        return _train(run, env, family, checkpointer)
+    finally:
+        checkpointer.close()
+
+
+def _train(run, env: DistributedEnv, family: FamilySpec, checkpointer: Checkpointer) -> TrainResult:
+    cfg = run.train
+    precision = cfg.precision.value
+    seed_everything(cfg.seed, env.device)
     tokenizer = run.built_tokenizer
-    accumulation = batch_plan(run.train, env.data_parallel_size)
+    accumulation = batch_plan(cfg, env.data_parallel_size)
+    checkpointer.run_config = run_snapshot(run)  # with the global batch now settled
     core, wrapped = _build_model(run, env, precision)
     optimizer = build_optimizer(wrapped if env.device.type == "cuda" else core, run.optimizer,
                                 core.config.params_dtype, env.device)
-    scheduler = build_scheduler(optimizer, run.optimizer, run.scheduler, run.train.train_steps)
+    scheduler = build_scheduler(optimizer, run.optimizer, run.scheduler, cfg.train_steps)
     if env.pipeline_parallel_size > 1:
         configure_pipeline(wrapped, optimizer)
-    snapshot = run_snapshot(run)
 
-    step, consumed, rng_state = 0, 0, None
-    ckpt = run.checkpoint
-    if ckpt.resume and resolve_checkpoint(ckpt.dir) is not None:
-        state = load_checkpoint(ckpt.dir, core, optimizer, scheduler)
-        step, consumed, rng_state = state.step, state.consumed_samples, state.rng_state
-        logger.info("resumed from %s at step %d", state.path, step)
-    elif ckpt.pretrained_checkpoint:
-        path = load_pretrained(ckpt.pretrained_checkpoint, core, run.model)
-        logger.info("loaded pretrained weights from %s", path)
+    state, rng_state = TrainState(), None
+    loaded = checkpointer.restore(core, optimizer, scheduler,
+                                  lambda reference: load_pretrained(reference, core, run.model, checkpointer.run_config))
+    if loaded is not None:
+        state.step, state.consumed_samples, rng_state = loaded.step, loaded.consumed_samples, loaded.rng_state
     # Weights, optimizer state and RNG are restored; the loop continues with the data the sampler dictates.
 
     train_ds, valid_ds = family.build_datasets(run.data, tokenizer, run.model)
-    cfg = run.train
     total_samples = cfg.train_steps * cfg.global_batch_size
     result = TrainResult()
-    reporter = Reporter(run.logging, cfg.train_steps, step, env.is_main)
+    reporter = Reporter(run.logging, cfg.train_steps, state.step, env.is_main)
     num_params = count_parameters(core, env.tensor_parallel_size, env.pipeline_parallel_size > 1)
-    flops_per_sample = family.flops_per_sample(run.model, num_params)
-    peak = peak_tflops(env.device, core.config.params_dtype)
+    if env.device.type == "cpu":  # a CPU run that does not fit is killed minutes later without a word
+        check_fits_on_cpu(run.model, cfg.micro_batch_size, num_params, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    parts = RunParts(run=run, env=env, family=family, core=core, wrapped=wrapped, optimizer=optimizer,
+                     scheduler=scheduler, checkpointer=checkpointer, reporter=reporter, valid_ds=valid_ds,
+                     accumulation=accumulation, flops_per_sample=family.flops_per_sample(run.model, num_params),
+                     peak=peak_tflops(env.device, core.config.params_dtype))
     reporter.line(f"model: {family.name} {num_params / 1e6:.2f}M parameters, {precision} on {env.device.type}, "
                   f"{env.world_size} process(es) (data parallel {env.data_parallel_size}, tensor parallel "
                   f"{env.tensor_parallel_size}, pipeline parallel {env.pipeline_parallel_size}), global batch "
                   f"{cfg.global_batch_size} = {cfg.micro_batch_size} × {accumulation} × {env.data_parallel_size}")
-    score_task = (family.generates_text and run.data.kind is DatasetKind.finetune and not run.data.paths and cfg.task_accuracy_examples)
+    score_task = (family.generates_text and run.data.kind is DatasetKind.finetune and not run.data.paths
+                  and cfg.task_accuracy_examples)
     pipelined = env.pipeline_parallel_size > 1
     if pipelined and (score_task or (family.generates_text and cfg.generate_sample)):
         # generate() runs the whole model in one process; a stage holds only part of it
@@ -198,22 +252,22 @@ def train(run) -> TrainResult:
                       "accuracy are skipped (generate from the checkpoint with pipeline size 1)")
         score_task = False
     try:
-        if score_task and step == 0:  # the "before" of the before/after a fine-tune should show
+        if score_task and state.step == 0:  # the "before" of the before/after a fine-tune should show
             before = _embedded_task_accuracy(core, tokenizer, run, cfg.task_accuracy_examples)
             reporter.line(f"embedded task accuracy before fine-tuning: {100 * before:.1f}%")
-        if step < cfg.train_steps:
-            batches = _loader(train_ds, total_samples, consumed, cfg.micro_batch_size, env, run.data.num_workers)
+        if state.step < cfg.train_steps:
+            batches = _loader(train_ds, total_samples, state.consumed_samples, cfg.micro_batch_size, env,
+                              run.data.num_workers)
             restore_rng(rng_state)  # after the loader: building it draws from torch's RNG
-            _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_ds, accumulation, step,
-                  snapshot, reporter, result, flops_per_sample, peak)
+            _loop(parts, state, batches, result)
         result.attention_backends = sorted({str(getattr(m.last_backend, "value", m.last_backend))
                                             for m in core.modules() if getattr(m, "last_backend", None)})
-        result.valid_loss = evaluate(wrapped, valid_ds, run, env, family)
+        result.valid_loss = evaluate(wrapped, valid_ds, run, env, family)  # leaves the RNG the checkpoint records
         reporter.metrics(cfg.train_steps, {"loss": result.valid_loss}, prefix="valid")
-        if ckpt.dir:
-            result.checkpoint = save_checkpoint(ckpt.dir, cfg.train_steps, core, optimizer, scheduler,
-                                                total_samples, snapshot, ckpt.keep_last)
-            reporter.line(f"saved checkpoint {result.checkpoint}")
+        result.checkpoint = checkpointer.save_final(state.step, state.consumed_samples, state.loss, core,
+                                                    optimizer, scheduler)
+        if result.checkpoint:
+            reporter.line(f"checkpoint {result.checkpoint}")
         if family.generates_text and cfg.generate_sample and not pipelined:
             result.sample = generate(core, tokenizer, SAMPLE_PROMPT, max_new_tokens=64)
             reporter.line(f"sample: {SAMPLE_PROMPT}{result.sample!r}")
@@ -225,70 +279,78 @@ def train(run) -> TrainResult:
     return result
 
 
-def _loop(run, env, family, wrapped, core, optimizer, scheduler, batches, valid_ds, accumulation, step,
-          snapshot, reporter, result, flops_per_sample, peak) -> None:
-    cfg, ckpt = run.train, run.checkpoint
-    first_step = step
+def _train_step(parts: RunParts, batches) -> tuple:
+    """Forward + backward of one optimizer step's micro-batches: ``(mean loss over ranks, tokens per sample)``."""
+    env, cfg = parts.env, parts.run.train
+    wrapped = parts.wrapped
+    wrapped.zero_grad_buffer()
+    parts.optimizer.zero_grad()
+    if env.pipeline_parallel_size > 1:  # GPT only: every sample is seq_length tokens
+        loss = pipeline_train_step(wrapped, batches, parts.accumulation, cfg.micro_batch_size,
+                                   parts.run.model.seq_length, env.device)
+        return loss, parts.run.model.seq_length
+    loss_scale = getattr(parts.optimizer, "get_loss_scale", None)  # megatron-core fp16: dynamic loss scale
+    step_loss = torch.zeros((), device=env.device)
+    sample_tokens = 0
+    for i in range(parts.accumulation):
+        batch = batch_to_device(next(batches), env.device)
+        sample_tokens = parts.family.tokens_per_sample(batch)
+        with wrapped.no_sync() if i < parts.accumulation - 1 else nullcontext():
+            loss, _ = masked_loss(wrapped, batch, parts.family)
+            scale = loss_scale() if callable(loss_scale) else 1.0
+            (loss * scale / parts.accumulation).backward()
+        step_loss += loss.detach() / parts.accumulation
+    _finish_grads(wrapped, env)
+    return _mean_over_ranks(step_loss), sample_tokens
+
+
+def _loop(parts: RunParts, state: TrainState, batches, result: TrainResult) -> None:
+    run, env, reporter, checkpointer = parts.run, parts.env, parts.reporter, parts.checkpointer
+    cfg = run.train
+    first_step = state.step
     window_time, window_steps, window_tokens = 0.0, 0, 0  # step time only: evaluation and saving excluded
     run_time, run_tokens, run_flops = 0.0, 0, 0.0
-    loss_scale = getattr(optimizer, "get_loss_scale", None)  # megatron-core fp16: dynamic loss scale
-    while step < cfg.train_steps:
+    while state.step < cfg.train_steps:
         step_start = time.perf_counter()
-        wrapped.zero_grad_buffer()
-        optimizer.zero_grad()
-        if env.pipeline_parallel_size > 1:  # GPT only: every sample is seq_length tokens
-            sample_tokens = run.model.seq_length
-            mean_loss = pipeline_train_step(wrapped, batches, accumulation, cfg.micro_batch_size, sample_tokens,
-                                            env.device)
-        else:
-            step_loss = torch.zeros((), device=env.device)
-            sample_tokens = 0
-            for i in range(accumulation):
-                batch = batch_to_device(next(batches), env.device)
-                sample_tokens = family.tokens_per_sample(batch)
-                with wrapped.no_sync() if i < accumulation - 1 else nullcontext():
-                    loss, _ = masked_loss(wrapped, batch, family)
-                    scale = loss_scale() if callable(loss_scale) else 1.0
-                    (loss * scale / accumulation).backward()
-                step_loss += loss.detach() / accumulation
-            _finish_grads(wrapped, env)
-            mean_loss = _mean_over_ranks(step_loss)
+        mean_loss, sample_tokens = _train_step(parts, batches)
         if not math.isfinite(mean_loss) and cfg.exit_on_nan:
             raise TrainingDivergedError(
-                f"loss is {mean_loss} at step {step + 1}: stopping. The last checkpoint"
-                f"{' in ' + ckpt.dir if ckpt.dir else ''} is kept as it was; lower optimizer.lr, raise "
-                "scheduler.warmup_steps or check the data")
-        ok, grad_norm, _ = optimizer.step()
+                f"loss is {mean_loss} at step {state.step + 1}: stopping; lower optimizer.lr, raise "
+                f"scheduler.warmup_steps or check the data.{checkpointer.divergence_note()}")
+        ok, grad_norm, _ = parts.optimizer.step()
         if ok:
-            scheduler.step(increment=1)
-        step += 1
+            parts.scheduler.step(increment=1)
+        state.step += 1
+        state.consumed_samples += cfg.global_batch_size
+        state.loss = mean_loss
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
         step_time = time.perf_counter() - step_start
         tokens = cfg.global_batch_size * sample_tokens
-        if step > first_step + 1 or cfg.train_steps - first_step == 1:  # the first step pays for warm-up
+        if state.step > first_step + 1 or cfg.train_steps - first_step == 1:  # the first step pays for warm-up
             run_time, run_tokens = run_time + step_time, run_tokens + tokens
-            run_flops += cfg.global_batch_size * flops_per_sample
+            run_flops += cfg.global_batch_size * parts.flops_per_sample
         window_time, window_steps, window_tokens = window_time + step_time, window_steps + 1, window_tokens + tokens
-        result.steps.append(step)
+        result.steps.append(state.step)
         result.losses.append(mean_loss)
         reporter.advance(mean_loss)
-        if step % cfg.log_interval == 0 or step == cfg.train_steps:
-            tflops = window_steps * cfg.global_batch_size * flops_per_sample / window_time / env.world_size / 1e12
-            reporter.metrics(step, {
-                "loss": mean_loss, "lr": optimizer.param_groups[0]["lr"],
+        if state.step % cfg.log_interval == 0 or state.step == cfg.train_steps:
+            tflops = window_steps * cfg.global_batch_size * parts.flops_per_sample / window_time / env.world_size / 1e12
+            reporter.metrics(state.step, {
+                "loss": mean_loss, "lr": parts.optimizer.param_groups[0]["lr"],
                 "grad_norm": None if grad_norm is None else float(grad_norm),
                 "tokens/s": window_tokens / window_time, "TFLOP/s": tflops,
-                "mfu": tflops / peak if peak else None, "peak_mem_GiB": peak_memory_gib(env.device),
+                "mfu": tflops / parts.peak if parts.peak else None, "peak_mem_GiB": peak_memory_gib(env.device),
             })
             window_time, window_steps, window_tokens = 0.0, 0, 0
-        if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.train_steps:
-            reporter.metrics(step, {"loss": evaluate(wrapped, valid_ds, run, env, family)}, prefix="valid")
-        if ckpt.dir and ckpt.save_interval and step % ckpt.save_interval == 0 and step < cfg.train_steps:
-            path = save_checkpoint(ckpt.dir, step, core, optimizer, scheduler, step * cfg.global_batch_size,
-                                   snapshot, ckpt.keep_last)
+        if cfg.eval_interval and state.step % cfg.eval_interval == 0 and state.step < cfg.train_steps:
+            reporter.metrics(state.step, {"loss": evaluate(parts.wrapped, parts.valid_ds, run, env, parts.family)},
+                             prefix="valid")
+        if checkpointer.due(state.step):
+            path = checkpointer.save(state.step, state.consumed_samples, state.loss, parts.core, parts.optimizer,
+                                     parts.scheduler)
             reporter.line(f"saved checkpoint {path}")
     if run_time > 0:
         result.tokens_per_second = run_tokens / run_time
         result.tflops_per_gpu = run_flops / run_time / env.world_size / 1e12
-        result.mfu = result.tflops_per_gpu / peak if peak else None
+        result.mfu = result.tflops_per_gpu / parts.peak if parts.peak else None

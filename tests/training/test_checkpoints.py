@@ -51,7 +51,7 @@ def test_checkpoint_carries_the_run_config(pretrained):
     assert os.path.isfile(os.path.join(resolve_checkpoint(pretrained[0]), "run_config.yaml"))
 
 
-def test_finetune_starts_from_the_pretrained_weights(pretrained, data_cache):
+def test_finetune_starts_from_the_pretrained_weights(pretrained, data_cache, capsys):
     def finetune(pretrained_dir):
         run = tiny_run("gpt", steps=4, cache_dir=data_cache, data_kind="finetune",
                        task_accuracy_examples=10 if pretrained_dir else 0)
@@ -62,6 +62,8 @@ def test_finetune_starts_from_the_pretrained_weights(pretrained, data_cache):
     assert tuned.losses[0] < scratch.losses[0] - 0.5  # the pretrained model already knows the bytes
     assert tuned.losses[-1] < tuned.losses[0]
     assert tuned.accuracy is not None and 0.0 <= tuned.accuracy <= 1.0
+    out = capsys.readouterr().out  # what conf/gpt_finetune.yaml says the run prints
+    assert "embedded task accuracy before fine-tuning: " in out and "embedded task accuracy: " in out
 
 
 def test_loading_into_a_different_shape_is_one_clear_error(pretrained):

@@ -54,3 +54,19 @@ def test_generate_script_prints_the_continuation(checkpoint, capsys):
 def test_generate_script_reports_a_missing_checkpoint(tmp_path, capsys):
     assert _script().main(["--checkpoint", str(tmp_path)]) == 2
     assert "no checkpoint in" in capsys.readouterr().err
+
+
+def test_generate_script_output_is_the_text_and_one_path_line(checkpoint, tmp_path):
+    """No megatron / Apex / Transformer Engine notices before the output (issue 9, item 17)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MASTER_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, env.get("PYTHONPATH", "")])
+    env.pop("PYTHONWARNINGS", None)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "generate.py"), "--checkpoint", checkpoint,
+                           "--max-new-tokens", "8"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"# {os.path.join(checkpoint, 'step_0000004')}"], proc.stderr
+    assert proc.stdout.startswith("The ")

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 
@@ -12,15 +11,10 @@ import pytest
 
 from runs import tiny_run
 from test_checkpoints import child_env
+from bridge.distributed import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _error_lines(stderr: str):
@@ -30,7 +24,7 @@ def _error_lines(stderr: str):
 
 @pytest.mark.parametrize("nproc", [1, 2])
 def test_pipeline_parallel_on_cpu_is_one_error_line(nproc, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
            TRAIN, "--config-name", "gpt_pretrain", "train.device=cpu", "model.pipeline_model_parallel_size=2",
            "logging.progress_bar=false", "logging.tensorboard_dir=null", f"checkpoint.dir={tmp_path / 'ckpt'}"]
     proc = subprocess.run(cmd, env={**child_env(), "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
@@ -68,7 +62,7 @@ def test_init_distributed_refuses_model_parallel_on_cpu(field, message, data_cac
 
 
 def _train_on_gpus(tmp_path, nproc: int, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", f"--master-port={free_port()}",
            TRAIN, "--config-name", "gpt_pretrain", "train.train_steps=20", "scheduler.warmup_steps=2",
            "train.micro_batch_size=4", "train.global_batch_size=8", "train.log_interval=5",
            "logging.progress_bar=false", "logging.tensorboard_dir=null", "model.attention_backend=fused",

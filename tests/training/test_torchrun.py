@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from test_checkpoints import child_env
+from bridge.distributed import free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("family", ["gpt", "t5"])
 def test_two_process_data_parallel_training(family, data_cache, tmp_path):
     out = str(tmp_path / "result.json")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={_free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
            os.path.join(HERE, "train_tiny.py"), "--family", family, "--steps", "6", "--micro", "2",
            "--global-batch", "8", "--cache-dir", data_cache, "--ckpt-dir", str(tmp_path / "ckpt"), "--out", out]
     proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True, timeout=180)

@@ -19,7 +19,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.attention import flash, fused, local
-from bridge.attention.inputs import AttentionInputs, reduced_mask
+from bridge.attention.inputs import AttentionInputs, reduced_mask, windowed
 from bridge.attention.selection import LayerBackend, canonical
 from bridge.attention.backend import AttnBackend, parse_attn_backend
 
@@ -107,6 +107,8 @@ class BridgeCoreAttention(MegatronModule):
         sk, g = key.shape[0], key.shape[2]
         mask_type = self.attn_mask_type if attn_mask_type is None else attn_mask_type
         mask = reduced_mask(attention_mask, mask_type, b, sq, sk, self.attention_type == "self")
+        if self.config.window_size is not None:  # sliding-window attention: a dense band mask
+            mask = windowed(mask, tuple(self.config.window_size), b, sq, sk, query.device)
         dropout_p = self.dropout_p if self.training else 0.0
         inputs = AttentionInputs(
             device_type=query.device.type, dtype=query.dtype, head_dim=d, num_heads=h, num_kv_heads=g,

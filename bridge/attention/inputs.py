@@ -199,3 +199,22 @@ class AttentionInputs:
         if self.seqlen_q is not None:
             parts.append(f"s_q={self.seqlen_q}, s_k={self.seqlen_k}")
         return ", ".join(parts)
+
+
+def windowed(mask: AttentionMask, window: Tuple[int, int], b: int, sq: int, sk: int, device) -> AttentionMask:
+    """``mask`` restricted to a sliding window (megatron-core's ``window_size=(left, right)``, -1 = unlimited).
+
+    Query ``i`` (aligned bottom-right, like the causal mask) may attend keys ``i - left .. i + right``. The
+    result is a dense mask, so only backends that take arbitrary masks run it (auto picks one of them).
+    """
+    left, right = window
+    rows = torch.arange(sq, device=device).unsqueeze(1) + (sk - sq)
+    cols = torch.arange(sk, device=device).unsqueeze(0)
+    band = torch.ones(sq, sk, dtype=torch.bool, device=device)
+    if left >= 0:
+        band &= cols >= rows - left
+    if right >= 0:
+        band &= cols <= rows + right
+    allowed = mask.allowed(b, sq, sk, device)
+    band = band.view(1, 1, sq, sk)
+    return AttentionMask(dense=band if allowed is None else allowed & band)

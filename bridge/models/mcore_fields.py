@@ -72,8 +72,7 @@ for _name in ("num_moe_experts", "expert_model_parallel_size", "expert_tensor_pa
 for _name in ("context_parallel_size", "hierarchical_context_parallel_sizes", "max_seqlen_per_dp_cp_rank",
               "hybrid_context_parallel", "cp_comm_type"):
     REJECTED[_name] = _CP
-for _name in ("persist_layer_norm", "layernorm_zero_centered_gamma", "memory_efficient_layer_norm"):
-    REJECTED[_name] = _NORM
+REJECTED["layernorm_zero_centered_gamma"] = _NORM
 for _name in ("enable_cuda_graph", "cuda_graph_use_single_mempool", "cuda_graph_retain_backward_graph",
               "cuda_graph_warmup_steps", "external_cuda_graph", "cuda_graph_impl", "cuda_graph_scope"):
     REJECTED[_name] = _CUDA_GRAPH
@@ -99,7 +98,6 @@ for _name in ("mtp_num_layers", "mtp_loss_scaling_factor", "mtp_standalone"):
     REJECTED[_name] = _MTP
 REJECTED.update({
     "gradient_accumulation_fusion": _apex_grad_accum_reason,
-    "apply_rope_fusion": _te_reason("its fused RoPE kernel"),
     "calculate_per_token_loss": "bridge's trainer normalises the loss per micro-batch (mean over its loss-mask "
                                 "tokens); megatron's per-token normalisation over the global batch is not implemented",
     "pipeline_model_parallel_comm_backend": "bridge's pipeline schedule communicates through torch.distributed's "
@@ -117,6 +115,11 @@ ACCEPTED_WITHOUT_EFFECT: Dict[str, str] = {
     "config_logger_dir": "megatron-core's config logger; passed on",
     "disable_parameter_transpose_cache": "a Transformer Engine cache knob; the local layers have no such cache",
     "moe_layer_recompute": "only matters with num_moe_experts, which is rejected",
+    "persist_layer_norm": "selects Apex's persistent LayerNorm kernel (same result); bridge's torch norms are used",
+    "memory_efficient_layer_norm": "selects Apex's memory-efficient LayerNorm kernel (same result); bridge's torch "
+                                   "norms are used",
+    "apply_rope_fusion": "selects a fused RoPE kernel (same result); bridge's layers apply RoPE unfused, as Megatron "
+                         "Bridge does when the fused kernel is unavailable",
 }
 """Fields accepted at any value that cannot change what bridge's layers compute (each with why)."""
 
@@ -240,10 +243,16 @@ def unsupported_settings(provider) -> List[str]:
     return problems
 
 
+KERNEL_CHOICES = frozenset({"persist_layer_norm", "memory_efficient_layer_norm", "apply_rope_fusion"})
+"""No-effect fields kept at megatron-core's default in the built config: the local layers refuse them."""
+
+
 def passthrough_kwargs(provider) -> Dict[str, Any]:
     """TransformerConfig keyword arguments for the passed / no-effect fields not left at None."""
     out = {}
     for name in GENERATED:
+        if name in KERNEL_CHOICES:
+            continue
         if handling(name) in ("passed", "no effect"):
             value = getattr(provider, name)
             if value is not None:

@@ -28,6 +28,25 @@ from bridge.training.config import RunConfig
 
 logger = logging.getLogger("bridge.recipes")
 
+
+def _register_nemo_resolvers() -> None:
+    """The interpolation resolvers NeMo 1 registers and its published files use (``${multiply:a,b}``, ...)."""
+    import functools
+    import operator
+
+    resolvers = {
+        "multiply": lambda *xs: functools.reduce(operator.mul, xs, 1),
+        "sum": lambda *xs: sum(xs),
+        "subtract": lambda x, y: x - y,
+        "int_div": lambda x, y: x // y,
+    }
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+_register_nemo_resolvers()
+
 # Settings of one transformer stack; T5 files have them under model.encoder / model.decoder, GPT under model.
 _ARCH_SAME_NAME = (
     "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
@@ -42,7 +61,7 @@ _MUST_BE: Dict[str, Tuple[Any, ...]] = {
     "apply_query_key_layer_scaling": (False,), "use_scaled_init_method": (True,),
     "fp32_residual_connection": (False,), "fp16_lm_cross_entropy": (False,), "headscale": (False,),
     "transformer_block_type": ("pre_ln",), "openai_gelu": (False,), "normalize_attention_scores": (True,),
-    "attention_type": ("multihead",), "ffn_dropout": (0.0, 0), "virtual_pipeline_model_parallel_size": (None,),
+    "attention_type": ("multihead",), "ffn_dropout": (0.0, 0),
     "rampup_batch_size": (None,), "activations_checkpoint_granularity": (None,),
     "activations_checkpoint_method": (None,), "resume_from_checkpoint": (None,), "megatron_legacy": (False,),
     "arch": ("transformer",), "num_moe_experts": (1,), "num_self_attention_per_cross_attention": (1,),
@@ -50,6 +69,8 @@ _MUST_BE: Dict[str, Tuple[Any, ...]] = {
     "reset_position_ids": (False,), "reset_attention_mask": (False,), "eod_mask_loss": (False,),
     "dataset_type": ("t5",), "accumulate_grad_batches": (1, None), "max_epochs": (-1, None),
     "create_wandb_logger": (False,), "short_seq_prob": (0.0, 0),
+    "num_micro_batches_with_partial_activation_checkpoints": (None,),
+    "activations_checkpoint_layers_per_pipeline": (None,),
 }
 
 # Keys with no effect in bridge (kernel fusions, logger and launcher plumbing, dataset-index details).
@@ -69,8 +90,47 @@ _NO_EFFECT = frozenset({
     "enable_model_summary", "limit_test_batches", "num_sanity_val_steps", "resume_ignore_no_checkpoint",
     "create_checkpoint_callback", "monitor", "mode", "filename", "always_save_nemo", "save_nemo_on_train_end",
     "model_parallel_size", "save_last", "last_epoch", "sentencepiece_legacy", "delimiter",
-    "embedding_init_method_std", "tokens_head_bias",
+    "embedding_init_method_std", "tokens_head_bias", "sharp", "gc_interval", "overlap_p2p_comm",
+    "mock_dataset", "save_best_model", "enable_megatron_timers",
 })
+
+
+_SWITCHES: Dict[str, Tuple[Tuple[Any, ...], str, Tuple[str, ...]]] = {
+    # switch key: (its "off" values, why another value cannot be honoured, keys that only matter when it is on)
+    "model.transformer_engine": ((False,), "bridge builds megatron-core's local layers, not Transformer Engine's", ()),
+    "model.fp8": ((False, None), "fp8 training needs Transformer Engine layers",
+                  ("model.fp8_", "model.reduce_amax")),
+    "model.fsdp": ((False,), "torch FSDP is not supported (use tensor / pipeline / data parallelism)", ("model.fsdp_",)),
+    "model.cpu_offloading": ((False,), "activation / weight offloading needs Transformer Engine",
+                             ("model.cpu_offloading_",)),
+    "model.ub_tp_comm_overlap": ((False,), "userbuffer communication overlap needs Transformer Engine",
+                                 ("model.ub_tp_comm_overlap_cfg",)),
+    "model.use_emha": ((False,), "NeMo's fused multi-head attention is not available; use model.attention_backend", ()),
+    "model.nsys_profile.enabled": ((False,), "bridge has no built-in nsys ranges; run the job under nsys instead",
+                                   ("model.nsys_profile.",)),
+    "model.data.mock_dataset": ((False,), "mock datasets are not supported; an empty data_prefix trains on the "
+                                "embedded corpus", ()),
+    "exp_manager.create_wandb_logger": ((False,), "bridge logs to TensorBoard only", ("exp_manager.wandb_logger_kwargs.",)),
+    "exp_manager.create_neptune_logger": ((False,), "bridge logs to TensorBoard only",
+                                          ("exp_manager.neptune_logger_kwargs.",)),
+    "model.enable_megatron_timers": ((False, True), "", ("model.megatron_timer_kwargs.",)),
+}
+"""NeMo-1 switches that are off by default, with the keys that only matter when they are on. At its off
+value a switch and its dependent keys change nothing and are accepted; on, the switch is one error."""
+
+
+def _translate_switches(t: "_Translation") -> None:
+    for switch, (off, reason, dependents) in _SWITCHES.items():
+        if not t.has(switch):
+            continue
+        t.how[switch] = "off"
+        value = t.take(switch)
+        if value not in off:
+            raise ConfigError(f"NeMo-1 key {switch}={value!r} is not supported: {reason} (set it to {off[0]!r})")
+        for key in [k for k in t.keys if k.startswith(dependents)] if dependents else ():
+            t.ignored.append(key)
+            t.how[key] = "off"
+            t.take(key)
 
 
 def is_nemo1(cfg: DictConfig) -> bool:
@@ -109,8 +169,11 @@ class _Translation:
         self.family = family
         self.out: Dict[str, Any] = {}
         self.ignored: List[str] = []
+        self.how: Dict[str, str] = {}  # NeMo-1 key -> translated | off | default | no effect
 
     def take(self, key: str, default: Any = None) -> Any:
+        if key in self.keys:
+            self.how.setdefault(key, "translated")
         return self.keys.pop(key, default)
 
     def has(self, key: str) -> bool:
@@ -133,8 +196,10 @@ class _Translation:
                 if value not in _MUST_BE[leaf]:
                     allowed = " or ".join(repr(v) for v in _MUST_BE[leaf])
                     raise ConfigError(f"NeMo-1 key {key}={value!r} is not supported by bridge (only {allowed})")
+                self.how[key] = "default"
             elif leaf in _NO_EFFECT:
                 self.ignored.append(key)
+                self.how[key] = "no effect"
             else:
                 unknown.append(key)
         if unknown:
@@ -163,7 +228,11 @@ def _accelerator(value: Any) -> str:
 
 def _whole_number(key: str) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
-        if isinstance(value, float) and not value.is_integer() or isinstance(value, bool) or value is None:
+        if isinstance(value, float):
+            raise ConfigError(
+                f"NeMo-1 {key}={value!r} is a fraction (of an epoch / of the validation set) in NeMo; bridge counts "
+                "steps and batches, give a whole number (an integer)")
+        if isinstance(value, bool) or value is None or not isinstance(value, int):
             raise ConfigError(f"NeMo-1 {key}={value!r}: bridge counts in steps / batches, give a whole number")
         return int(value)
     return convert
@@ -203,6 +272,9 @@ def _translate_exp_manager(t: _Translation, run_name: str) -> None:
         t.put("logging.tensorboard_dir", os.path.join(base, "tensorboard"))
     params = "exp_manager.checkpoint_callback_params."
     t.move(params + "every_n_train_steps", "checkpoint.save_interval", _whole_number(params + "every_n_train_steps"))
+    if "checkpoint.dir" in t.out and "checkpoint.save_interval" not in t.out and "train.eval_interval" in t.out:
+        # NeMo's checkpoint callback saves after every validation run
+        t.put("checkpoint.save_interval", t.out["train.eval_interval"])
     top_k = t.take(params + "save_top_k")
     if top_k is not None:
         t.put("checkpoint.keep_last", max(0, int(top_k)))
@@ -257,6 +329,8 @@ def _translate_tokenizer(t: _Translation) -> None:
     elif library == "sentencepiece":
         t.put("tokenizer.type", "sentencepiece")
         t.put("tokenizer.path", model_file)
+    elif library == "megatron":
+        _megatron_tokenizer(t, str(kind), vocab_file, merge_file)
     elif library == "huggingface":
         path = model_file or kind
         if not path or not os.path.exists(str(path)):
@@ -271,6 +345,31 @@ def _translate_tokenizer(t: _Translation) -> None:
             "is not supported; use byte-level, sentencepiece (model: <file.model>) or huggingface (model: <tokenizer.json>)")
 
 
+_MEGATRON_TOKENIZERS = {
+    "gpt2bpetokenizer": ("gpt2_bpe", False), "bertwordpiececase": ("wordpiece", False),
+    "bertwordpiecelowercase": ("wordpiece", True),
+}
+
+
+def _megatron_tokenizer(t: _Translation, kind: str, vocab_file: Any, merge_file: Any) -> None:
+    """NeMo's ``library: megatron`` tokenizers, read from their local vocab (and merges) files."""
+    if kind.lower() not in _MEGATRON_TOKENIZERS:
+        raise ConfigError(f"NeMo-1 model.tokenizer.type={kind!r} (library megatron) is not supported; use "
+                          "GPT2BPETokenizer, BertWordPieceCase or BertWordPieceLowerCase")
+    ours, lower = _MEGATRON_TOKENIZERS[kind.lower()]
+    needed = [("model.tokenizer.vocab_file", vocab_file)] + ([("model.tokenizer.merge_file", merge_file)] if ours == "gpt2_bpe" else [])
+    for key, path in needed:
+        if not path or not os.path.isfile(os.path.expanduser(str(path))):
+            raise ConfigError(f"NeMo-1 tokenizer {kind} needs {key} (a local file), got {path!r}; NeMo downloads "
+                              "it, bridge does not: set it to the file's path")
+    t.put("tokenizer.type", ours)
+    t.put("tokenizer.path", str(vocab_file))
+    if ours == "gpt2_bpe":
+        t.put("tokenizer.merges_path", str(merge_file))
+    else:
+        t.put("tokenizer.lower_case", lower)
+
+
 def _data_paths(value: Any) -> Tuple[List[str], List[str]]:
     """(train, valid) prefixes from NeMo-1's ``data_prefix`` (a list with optional weights, or a dict)."""
     if value in (None, [], {}):
@@ -283,10 +382,15 @@ def _data_paths(value: Any) -> Tuple[List[str], List[str]]:
     items = value if isinstance(value, list) else [value]
     weights = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
     paths = [str(v) for v in items if isinstance(v, str)]
-    if len(set(weights)) > 1:
+    if weights and len(paths) > 1:
         raise ConfigError(
-            f"NeMo-1 model.data.data_prefix weights {weights} differ; bridge pools the listed datasets unweighted")
+            f"NeMo-1 model.data.data_prefix with weights {weights} is a weighted blend; bridge does not mix datasets "
+            "by weight (it pools unweighted prefixes by size): list the prefixes without weights, or blend them "
+            "into one dataset with scripts/preprocess_data.py")
     return paths, []
+
+
+_T5_NEMO_MASKING = ("max_ngram_size", "geometric_dist", "whole_word_masking", "permutation", "favor_longer_ngrams")
 
 
 def _translate_data(t: _Translation, seq_length: Optional[int]) -> None:
@@ -296,7 +400,11 @@ def _translate_data(t: _Translation, seq_length: Optional[int]) -> None:
     split = t.take("model.data.splits_string")
     if split is not None:
         parts = str(split).split(",")
-        t.put("data.split", ",".join(parts[:2]))  # bridge has no test split
+        t.put("data.split", ",".join(parts[:2]))
+        if len(parts) > 2 and float(parts[2] or 0) > 0:
+            logger.warning("NeMo-1 model.data.splits_string=%s: bridge has no test set, so the test share (%s) is "
+                           "left out and the documents split %s between training and validation",
+                           split, parts[2], ",".join(parts[:2]))
     t.move("model.data.num_workers", "data.num_workers")
     data_length = t.take("model.data.seq_length", seq_length)
     if seq_length is None and data_length is not None:
@@ -305,6 +413,10 @@ def _translate_data(t: _Translation, seq_length: Optional[int]) -> None:
         raise ConfigError(f"NeMo-1 model.data.seq_length={data_length} differs from the model's length {seq_length}; "
                           "bridge cuts samples to the model's length: drop model.data.seq_length or make them equal")
     if t.family == "t5":
+        masking = [k for k in _T5_NEMO_MASKING if t.has(f"model.data.{k}")]
+        if masking:
+            logger.warning("NeMo-1 T5 masking settings %s are not implemented: bridge corrupts T5-style spans "
+                           "(data.noise_density, data.mean_noise_span_length)", ", ".join(masking))
         t.move("model.data.seq_length_dec", "model.decoder_seq_length")
         t.move("model.data.masked_lm_prob", "data.noise_density")
         mean_span = t.take("model.data.mean_ngram_size")
@@ -359,8 +471,10 @@ def _translate_model(t: _Translation) -> Optional[int]:
         raise ConfigError(f"NeMo-1 model.max_position_embeddings={max_pos} differs from {seq_key}={seq_length}; "
                           "bridge sizes position embeddings by the sequence length, make them equal")
     for key in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "sequence_parallel",
-                "make_vocab_size_divisible_by", "use_flash_attention"):
+                "make_vocab_size_divisible_by", "use_flash_attention", "virtual_pipeline_model_parallel_size",
+                "fp16_lm_cross_entropy"):
         t.move(f"model.{key}", f"model.{key}")
+    t.put("model.should_pad_vocab", True)  # NeMo 1 always pads the vocabulary (make_vocab_size_divisible_by)
     t.move("model.micro_batch_size", "train.micro_batch_size")
     t.move("model.global_batch_size", "train.global_batch_size")
     if t.has("model.seed"):
@@ -369,6 +483,8 @@ def _translate_model(t: _Translation) -> Optional[int]:
         t.put("data.seed", seed)
     t.move("model.use_cpu_initialization", "model.use_cpu_initialization", lambda v: True if v else None)
     if t.family == "gpt":
+        t.move("model.seq_len_interpolation_factor", "model.seq_len_interpolation_factor")
+        _translate_recompute(t)
         t.move("model.num_layers", "model.num_layers")
         t.move("model.share_embeddings_and_output_weights", "model.share_embeddings_and_output_weights")
         for name, value in _stack_settings(t, "model").items():
@@ -382,6 +498,22 @@ def _translate_model(t: _Translation) -> Optional[int]:
     return seq_length
 
 
+def _translate_recompute(t: _Translation) -> None:
+    """NeMo's activations_checkpoint_* are megatron-core's recompute_* (GPT; the T5 stacks must leave them off)."""
+    granularity = t.take("model.activations_checkpoint_granularity")
+    method = t.take("model.activations_checkpoint_method")
+    layers = t.take("model.activations_checkpoint_num_layers")
+    if granularity is None:
+        if method is not None:
+            raise ConfigError(f"NeMo-1 model.activations_checkpoint_method={method!r} needs "
+                              "model.activations_checkpoint_granularity (full or selective)")
+        return
+    t.put("model.recompute_granularity", granularity)
+    if granularity == "full":
+        t.put("model.recompute_method", method)
+        t.put("model.recompute_num_layers", layers)
+
+
 def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
     nested: Dict[str, Any] = {}
     for key, value in flat.items():
@@ -393,8 +525,32 @@ def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
     return nested
 
 
+def _reject_finetuning_files(keys: Dict[str, Any]) -> None:
+    peft = sorted({k.split(".")[1] for k in keys if k.startswith("model.peft.")})
+    if peft:
+        raise ConfigError("NeMo-1 PEFT configs (model.peft: adapters / LoRA / p-tuning) are not supported by bridge; "
+                          "fine-tune all weights with conf/gpt_finetune.yaml")
+    if any(k.startswith(("model.data.train_ds.", "model.data.validation_ds.")) for k in keys):
+        raise ConfigError("NeMo-1 SFT configs (model.data.train_ds / validation_ds) are not translated; use bridge's "
+                          "fine-tuning recipe: --config-name gpt_finetune data.paths=[your.jsonl] "
+                          "checkpoint.pretrained_checkpoint=<checkpoint folder>")
+
+
 def translate_nemo1(cfg: DictConfig) -> DictConfig:
     """bridge's run config (structured, struct mode) for a NeMo-1 style config; unknown keys are an error."""
+    return _translate(cfg)[0]
+
+
+def nemo1_key_handling(cfg: DictConfig) -> Dict[str, str]:
+    """How the translation treats each key of a NeMo-1 config: ``translated`` (into bridge's run config),
+    ``off`` (a switch at its off value, or a key that only matters when its switch is on), ``default`` (at the
+    only value bridge implements) or ``no effect`` (kernel fusions, logger plumbing). A key bridge cannot
+    honour raises :class:`ConfigError` instead."""
+    return _translate(cfg)[1]
+
+
+def _translate(cfg: DictConfig) -> Tuple[DictConfig, Dict[str, str]]:
+    _reject_finetuning_files(_flatten(OmegaConf.to_container(cfg, resolve=False)))
     try:
         keys = _flatten(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except OmegaConfBaseException as exc:
@@ -411,6 +567,7 @@ def translate_nemo1(cfg: DictConfig) -> DictConfig:
                               "checkpoint folder (checkpoint.pretrained_checkpoint)")
         t.put("checkpoint.pretrained_checkpoint", restore)
     max_steps = t.keys.get("trainer.max_steps")
+    _translate_switches(t)
     _translate_trainer(t)
     _translate_exp_manager(t, name)
     seq_length = _translate_model(t)
@@ -426,4 +583,4 @@ def translate_nemo1(cfg: DictConfig) -> DictConfig:
     except OmegaConfBaseException as exc:
         raise config_error(exc) from exc
     logger.info("translated NeMo-1 config %r into a bridge %s run", name, family)
-    return run
+    return run, t.how

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ from bridge.interop.hf import HFConversionError, load_hf_weights, save_hf
 from bridge.interop.hf.families import family_for_provider
 from bridge.interop.hf.finetune import hf_directory
 from bridge.distributed import ensure_model_parallel
+from bridge.models import family_spec
 from bridge.training.checkpoint_manifest import write_manifest
 from bridge.training.checkpointing import (LATEST, SyncTorchDistSaveStrategy, load_run_config, load_weights,
                                           step_dir_name)
@@ -58,10 +60,11 @@ def export_checkpoint(checkpoint: str, directory: str, progress: bool = False) -
     snapshot = load_run_config(checkpoint)
     # Built here in one process and never run: the plain attention backend, no parallelism.
     overrides = dict(attention_backend="local", use_flash_attention=None, tensor_model_parallel_size=1,
-                     pipeline_model_parallel_size=1, sequence_parallel=False, use_cpu_initialization=True)
-    if str(snapshot.get("family", "gpt")).lower() == "t5":  # its per-stack backends and legacy flags
-        overrides.update(encoder_attention_backend="local", decoder_attention_backend="local", encoder={}, decoder={})
-    provider = provider_from_snapshot(snapshot, **overrides)
+                     pipeline_model_parallel_size=1, sequence_parallel=False, use_cpu_initialization=True,
+                     encoder_attention_backend="local", decoder_attention_backend="local", encoder={}, decoder={})
+    fields = {f.name for f in dataclasses.fields(family_spec(snapshot.get("family", "gpt")).provider_cls)}
+    # per-stack backends and legacy flags exist on encoder-decoder providers only
+    provider = provider_from_snapshot(snapshot, **{k: v for k, v in overrides.items() if k in fields})
     family_for_provider(provider)  # an unsupported architecture fails before any work
     ensure_model_parallel(1, 1)
     model = provider.provide()

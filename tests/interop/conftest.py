@@ -43,6 +43,9 @@ CAUSAL_LM_BUILDERS = {
         rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                       "original_max_position_embeddings": 8192}),
     "qwen2_qkv_bias": _qwen2,
+    "mistral_sliding_window": lambda: transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, sliding_window=5, head_dim=16)),
 }
 
 

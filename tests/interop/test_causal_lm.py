@@ -73,7 +73,6 @@ def _edit_config(directory, **changes):
 
 @pytest.mark.parametrize("changes, message", [
     ({"model_type": "bloom"}, "model_type='bloom' is not supported; supported: gpt2, llama"),
-    ({"sliding_window": 16}, "sliding_window=16 is not supported"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 10000.0}},
      "rope_type='yarn' is not supported: supported: default, linear, llama3"),
     ({"hidden_act": "gelu"}, "hidden_act='gelu' is not supported"),

@@ -44,7 +44,8 @@ def test_defaults_match_megatron_core_for_shared_fields():
     assert provider.should_pad_vocab is False
 
 
-@pytest.mark.parametrize("name", sorted(mcore_fields.PASSED | set(mcore_fields.ACCEPTED_WITHOUT_EFFECT)))
+@pytest.mark.parametrize("name", sorted((mcore_fields.PASSED | set(mcore_fields.ACCEPTED_WITHOUT_EFFECT))
+                                        - mcore_fields.KERNEL_CHOICES))
 def test_passed_fields_reach_transformer_config_kwargs(name):
     provider = GPTModelProvider()
     sentinel = object()
@@ -292,3 +293,21 @@ def test_provide_distributed_model_on_cpu():
     assert next(module.parameters()).dtype == torch.bfloat16
     plain = GPTModelProvider(**TINY).provide_distributed_model(wrap_with_ddp=False)
     assert type(plain[0]).__name__ == "GPTModel"
+
+
+def test_window_size_limits_attention_on_the_local_backend():
+    """megatron-core's window_size=(left, right) reaches our core attention as a sliding-window mask."""
+    from megatron.core.transformer.enums import AttnMaskType
+
+    model = GPTModelProvider(**TINY, window_size=(2, 0)).provide()
+    core = model.decoder.layers[0].self_attention.core_attention
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 1, 4, 16) for _ in range(3))
+    out = core(q, k, v, None, AttnMaskType.causal).view(6, 4, 16)
+    scores = torch.einsum("qhd,khd->hqk", q[:, 0], k[:, 0]) * core.softmax_scale
+    i, j = torch.arange(6)[:, None], torch.arange(6)[None, :]
+    scores = scores.masked_fill(~((j <= i) & (j >= i - 2)), float("-inf"))
+    expected = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[:, 0])
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="window_size=.* must be two integers"):
+        GPTModelProvider(window_size=(2,))

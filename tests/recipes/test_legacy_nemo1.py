@@ -65,7 +65,8 @@ def test_nemo1_legacy_flag_contradiction_is_an_error():
 @pytest.mark.parametrize("path, value, message", [
     ("model.megatron_foo", 1, "NeMo-1 config keys without a bridge translation: model.megatron_foo"),
     ("trainer.accumulate_grad_batches", 4, "NeMo-1 key trainer.accumulate_grad_batches=4 is not supported by bridge (only 1 or None)"),
-    ("model.tokenizer.library", "megatron", "NeMo-1 model.tokenizer.library='megatron'"),
+    ("model.tokenizer.library", "megatron", "NeMo-1 model.tokenizer.type='None' (library megatron) is not supported"),
+    ("model.tokenizer.library", "regex", "NeMo-1 model.tokenizer.library='regex'"),
     ("model.optim.name", "lamb", "NeMo-1 model.optim.name='lamb' is not supported"),
     ("model.max_position_embeddings", 512, "NeMo-1 model.max_position_embeddings=512 differs from model.encoder_seq_length=256"),
     ("restore_from_path", "model.nemo", "NeMo-1 restore_from_path='model.nemo': .nemo archives cannot be loaded"),
@@ -89,14 +90,17 @@ def test_nemo1_t5_stacks_must_share_width():
 
 def test_nemo1_data_prefix_forms():
     raw = _nemo1_gpt()
-    raw["model"]["data"]["data_prefix"] = [0.5, "/data/a", 0.5, "/data/b"]
+    raw["model"]["data"]["data_prefix"] = ["/data/a", "/data/b"]  # no weights: pooled by size
     run = build_run_config(OmegaConf.create(copy.deepcopy(raw)))
     assert run.data.paths == ["/data/a", "/data/b"]
+    raw["model"]["data"]["data_prefix"] = [1.0, "/data/a"]  # one weighted prefix is just that dataset
+    run = build_run_config(OmegaConf.create(copy.deepcopy(raw)))
+    assert run.data.paths == ["/data/a"]
     raw["model"]["data"]["data_prefix"] = {"train": ["/data/a"], "validation": ["/data/v"], "test": ["/data/t"]}
     run = build_run_config(OmegaConf.create(copy.deepcopy(raw)))
     assert (run.data.paths, run.data.valid_paths) == (["/data/a"], ["/data/v"])
-    raw["model"]["data"]["data_prefix"] = [0.3, "/data/a", 0.7, "/data/b"]
-    with pytest.raises(ConfigError, match="weights .* differ"):
+    raw["model"]["data"]["data_prefix"] = [0.5, "/data/a", 0.5, "/data/b"]  # a 50/50 mix is not a pooled one
+    with pytest.raises(ConfigError, match="is a weighted blend"):
         build_run_config(OmegaConf.create(raw))
 
 

@@ -1,14 +1,15 @@
 """Llama-style decoders (``model_type`` llama, mistral, qwen2): RoPE, RMSNorm, SwiGLU, grouped-query attention.
 
 Hugging Face keeps q/k/v and gate/up as separate projections; megatron-core fuses them (see ``mapping``).
-Both use the "rotate half" RoPE layout, so q and k need no permutation. Sliding-window attention has no
-equivalent in bridge's attention backends, so a window shorter than the context is one clear error.
+Both use the "rotate half" RoPE layout, so q and k need no permutation. Mistral's sliding window of w tokens
+becomes megatron-core's ``window_size=(w - 1, 0)`` (a band mask, run by the local and fused backends).
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Optional
 
+from bridge.interop.hf.errors import HFConversionError
 from bridge.interop.hf.family import ConfigReader, Family, integral
 from bridge.interop.hf.mapping import GatedMLPMap, QKVMap, TensorMap, VocabMap, same
 from bridge.models import GPTModelProvider
@@ -54,9 +55,8 @@ def provider_fields(config: Dict):
         raise r.unsupported("hidden_act", r.get("hidden_act"), "Llama-style models here use silu (SwiGLU)")
     heads, hidden, context = r.need("num_attention_heads"), r.need("hidden_size"), r.need("max_position_embeddings")
     window = _window(r, model_type)
-    if window is not None and window < context:
-        raise r.unsupported("sliding_window", window, f"bridge's attention backends have no sliding window "
-                            f"(only windows >= max_position_embeddings={context} import)")
+    # Hugging Face's window of w tokens lets query i see keys i - w + 1 .. i: megatron-core's (w - 1, 0).
+    window_fields = dict(window_size=(int(window) - 1, 0)) if window is not None and window < context else {}
     if model_type == "qwen2":
         bias, qkv_bias = False, True
     else:
@@ -73,7 +73,7 @@ def provider_fields(config: Dict):
         make_vocab_size_divisible_by=1, should_pad_vocab=True, position_embedding_type="rope", normalization="RMSNorm",
         layernorm_epsilon=r.get("rms_norm_eps", 1e-6), activation="swiglu", add_bias_linear=bias,
         add_qkv_bias=qkv_bias, share_embeddings_and_output_weights=r.get("tie_word_embeddings", False),
-        hidden_dropout=0.0, attention_dropout=r.get("attention_dropout", 0.0), **_rope_fields(r),
+        hidden_dropout=0.0, attention_dropout=r.get("attention_dropout", 0.0), **_rope_fields(r), **window_fields,
     )
 
 
@@ -128,6 +128,13 @@ def hf_config(p: GPTModelProvider, special: Dict[str, Optional[int]]):
         tie_word_embeddings=p.share_embeddings_and_output_weights, attention_dropout=p.attention_dropout,
         rope_parameters=rope, **{k: v for k, v in special.items() if v is not None},
     )
+    window = getattr(p, "window_size", None)
+    if window is not None:
+        left, right = window
+        if right != 0 or left < 0 or qwen2 or p.add_bias_linear:
+            raise HFConversionError(f"window_size={tuple(window)} has no Hugging Face equivalent here: Mistral's "
+                                    "sliding window is (w - 1, 0) on a bias-free Llama-style model")
+        return transformers.MistralConfig(architectures=["MistralForCausalLM"], sliding_window=left + 1, **common)
     if qwen2:
         return transformers.Qwen2Config(architectures=["Qwen2ForCausalLM"], use_sliding_window=False, **common)
     return transformers.LlamaConfig(architectures=["LlamaForCausalLM"], attention_bias=p.add_bias_linear,

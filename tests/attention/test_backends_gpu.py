@@ -23,7 +23,10 @@ def attention_modules(model):
 def build(provider_cls, backend, **fields):
     torch.manual_seed(0)
     torch.cuda.manual_seed(0)
-    provider = provider_cls(vocab_size=VOCAB, dtype="bf16", hidden_dropout=0.0, attention_backend=backend, **fields)
+    # Dropout off: the backends are compared on the same arithmetic (attention_dropout defaults to 0.1,
+    # as in megatron-core, and each backend draws its own dropout mask).
+    provider = provider_cls(vocab_size=VOCAB, dtype="bf16", hidden_dropout=0.0, attention_dropout=0.0,
+                            attention_backend=backend, **fields)
     return provider.provide()
 
 

@@ -147,7 +147,7 @@ def _losses(env) -> dict:
 def check_folder(ckpt_dir: str) -> list:
     """Problems of ``ckpt_dir`` after a kill (empty when it is sound)."""
     from bridge.training.checkpoint_manifest import read_manifest, verified
-    from bridge.training.checkpointing import list_steps, read_latest
+    from bridge.training.checkpointing import list_steps, newest_verified, read_latest
 
     problems = []
     steps = list_steps(ckpt_dir)
@@ -156,8 +156,10 @@ def check_folder(ckpt_dir: str) -> list:
     except Exception as exc:  # noqa: BLE001 - a harness reports every kind of failure
         return [f"latest unreadable: {exc}"]
     if latest is None:
-        if steps:
-            problems.append(f"step folders {steps} but no latest")
+        # A kill between a first save's rename and the write of 'latest' leaves a complete step folder and no
+        # 'latest': sound, because resume then takes the newest step whose files match its manifest.
+        if steps and newest_verified(ckpt_dir) is None:
+            problems.append(f"step folders {steps} but no latest and none of them complete")
         return problems
     target = os.path.join(ckpt_dir, latest)
     spares = [p for p in (os.path.join(ckpt_dir, ".tmp_" + latest), os.path.join(ckpt_dir, ".old_" + latest))

@@ -23,7 +23,8 @@ needs three calls::
   cache folder on first use. Fine-tuning with empty paths uses the embedded letter-reversal task
   (:mod:`.finetune_task`, with ``evaluate_accuracy`` to score greedy generations).
 * Your own data: ``scripts/preprocess_data.py`` turns JSONL into ``.bin/.idx`` (eos appended to each
-  document); list the prefixes in ``DataConfig.paths``. Fine-tuning reads JSONL directly
+  document); list the prefixes in ``DataConfig.paths`` (with ``DataConfig.weights`` they are blended in
+  those proportions, :mod:`.blend`). Fine-tuning reads JSONL directly
   (GPT ``prompt``/``response``, T5 ``input``/``target``; the keys are configurable).
 * Samples: GPT ``tokens``/``labels``/``position_ids`` (int64 [s]), ``loss_mask`` (float32 [s]);
   T5 ``enc_tokens`` [s_enc], ``dec_tokens``/``labels`` [s_dec], ``loss_mask`` [s_dec],
@@ -33,6 +34,7 @@ needs three calls::
   run sees exactly the samples the uninterrupted run would have seen.
 """
 
+from bridge.data.blend import blended_datasets
 from bridge.data.builders import (as_data_config, embedded_corpus_prefixes, finetuning_examples,
                                   pretraining_streams)
 from bridge.data.config import DataConfig, DatasetKind
@@ -42,7 +44,7 @@ from bridge.data.samplers import PretrainingSampler
 from bridge.data.tokenizers import Tokenizer, TokenizerConfig, TokenizerType, build_tokenizer, check_vocab_fits
 
 __all__ = [
-    "DataConfig", "DatasetKind", "PretrainingSampler", "TaskExample", "Tokenizer", "TokenizerConfig",
+    "DataConfig", "DatasetKind", "blended_datasets", "PretrainingSampler", "TaskExample", "Tokenizer", "TokenizerConfig",
     "TokenizerType", "as_data_config", "build_tokenizer", "check_vocab_fits", "embedded_corpus_prefixes",
     "embedded_task_paths", "evaluate_accuracy", "finetuning_examples", "open_indexed_dataset",
     "pretraining_streams", "read_task_examples", "write_indexed_dataset",

@@ -76,8 +76,10 @@ def _whole(tokenizer: Tokenizer, prefixes: Sequence[str]) -> TokenStream:
     return TokenStream(parts)
 
 
-def finetuning_examples(cfg: DataConfig, keys: Tuple[str, str]) -> Tuple[List[Example], List[Example]]:
-    """Train and validation examples of a fine-tuning run; ``keys`` name the JSONL input and target fields."""
+def finetuning_examples(cfg: DataConfig, keys: Tuple[str, str], template: bool = False
+                        ) -> Tuple[List[Example], List[Example]]:
+    """Train and validation examples of a fine-tuning run; ``keys`` name the JSONL input and target fields.
+    ``template``: the family reads ``cfg.prompt_template`` (GPT), when one is set."""
     from bridge.data.finetune_task import embedded_task_paths
 
     train_paths: List[str] = list(cfg.paths)
@@ -85,9 +87,14 @@ def finetuning_examples(cfg: DataConfig, keys: Tuple[str, str]) -> Tuple[List[Ex
     if not train_paths:
         train_path, valid_path = embedded_task_paths(cfg.cache_dir)
         train_paths, valid_paths = [train_path], [valid_path]
-    train_examples = [e for p in train_paths for e in read_examples(p, *keys)]
+    def read(path: str) -> List[Example]:
+        if template and cfg.prompt_template is not None:
+            return read_examples(path, *keys, template=cfg.prompt_template, truncation_field=cfg.truncation_field)
+        return read_examples(path, *keys)
+
+    train_examples = [e for p in train_paths for e in read(p)]
     if valid_paths:
-        return train_examples, [e for p in valid_paths for e in read_examples(p, *keys)]
+        return train_examples, [e for p in valid_paths for e in read(p)]
     if len(train_examples) < 2:
         raise ValueError(f"fine-tuning data {train_paths} has {len(train_examples)} example(s); data.split "
                          "needs at least 2 (or give data.valid_paths)")

@@ -32,6 +32,11 @@ class DataConfig:
     documents pooled. finetune: JSONL files. Empty: the embedded default (stdlib corpus for
     pretrain, the letter-reversal task for finetune), generated into ``cache_dir``."""
 
+    weights: List[float] = field(default_factory=list)
+    """One positive weight per entry of ``paths``: training samples are drawn from them in these proportions
+    (megatron-core's blending, as ``--data-path 0.3 A 0.7 B`` / NeMo's weighted ``data_prefix``), each path
+    split into train / validation by ``split`` on its own. Empty: the paths' documents are pooled by size."""
+
     valid_paths: List[str] = field(default_factory=list)
     """Validation data, same kind as ``paths``. Empty: ``split`` carves validation out of ``paths``."""
 
@@ -54,6 +59,21 @@ class DataConfig:
 
     response_key: str = "response"
     """GPT fine-tuning JSONL key of the response (the loss covers it and the eos after it)."""
+
+    prompt_template: Optional[str] = None
+    """GPT fine-tuning: the prompt built from each record, e.g. ``"Q: {question}\nA: {answer}"``; it ends with
+    the ``{response_key}`` placeholder and everything before it is the prompt (NeMo's ``prompt_template``).
+    None: the prompt is the record's ``prompt_key``."""
+
+    truncation_field: Optional[str] = None
+    """GPT fine-tuning with a ``prompt_template``: a template field whose tokens a too-long example loses first,
+    so the response survives (NeMo's ``truncation_field``). None: too-long examples are cut at the end."""
+
+    truncation_method: str = "right"
+    """Which end of ``truncation_field`` loses tokens: ``right`` | ``left``."""
+
+    answer_only_loss: bool = True
+    """GPT fine-tuning: the loss covers the response only; False: the prompt's tokens too."""
 
     input_key: str = "input"
     """T5 fine-tuning JSONL key of the encoder input."""
@@ -79,12 +99,17 @@ class DataConfig:
                 valid = ", ".join(k.value for k in DatasetKind)
                 raise ValueError(f"data.kind={self.kind!r} is not valid; use one of: {valid}") from None
         self.split_weights()
+        if self.weights and (len(self.weights) != len(self.paths) or min(self.weights) <= 0):
+            raise ValueError(f"data.weights={list(self.weights)} needs one positive weight per entry of data.paths "
+                             f"({len(self.paths)}), or none to pool the paths by size")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.seed < 0:
             raise ValueError(f"data.seed must be >= 0 (numpy seeds are unsigned), got {self.seed}")
         if not 0.0 < self.noise_density < 1.0:
             raise ValueError(f"data.noise_density must be in (0, 1), got {self.noise_density}")
+        if self.truncation_method not in ("right", "left"):
+            raise ValueError(f"data.truncation_method={self.truncation_method!r} is not valid; use right or left")
         if self.mean_noise_span_length < 1.0:
             raise ValueError(f"data.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}")
 

@@ -1,22 +1,25 @@
 """Fine-tuning datasets from JSONL examples.
 
 GPT: ``prompt`` + ``response`` + eos as one sequence; the loss covers only the response and its
-eos. Either one example per sequence, right-padded (``packed=False``), or examples packed back to
+eos (or, with ``answer_only_loss=False``, the prompt too). The prompt is a record key, or a prompt template
+filled from the record (:mod:`bridge.data.prompt_template`). Either one example per sequence, right-padded (``packed=False``), or examples packed back to
 back into sequences of ``seq_length + 1`` tokens (``packed=True``; an example never straddles two
 sequences, pad fills what is left). T5: ``input`` + eos into the encoder, ``target`` + eos as the
-decoder target. Examples too long for the sequence are cut at the end (counted and logged);
-examples left with no response token are dropped.
+decoder target. Examples too long for the sequence lose tokens of the template's truncation field first
+(from its right or left end, as NeMo's ``truncation_field`` / ``truncation_method``), then are cut at the end
+(counted and logged); examples left with no response token are dropped.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from bridge.data.epoch_order import EpochShuffledDataset
 from bridge.data.jsonl import read_jsonl_records
+from bridge.data.prompt_template import PromptPart, parse_prompt_template, render_prompt
 from bridge.data.t5_dataset import encoder_decoder_sample, pad_to
 from bridge.data.tokenizers import Tokenizer
 
@@ -24,25 +27,63 @@ logger = logging.getLogger(__name__)
 
 
 class Example(NamedTuple):
-    """One fine-tuning pair: prompt/input and response/target text."""
+    """One fine-tuning pair: prompt/input and response/target text; ``parts``: the prompt as template parts."""
 
     source: str
     target: str
+    parts: Optional[Tuple[PromptPart, ...]] = None
 
 
-def read_examples(path: str, source_key: str, target_key: str) -> List[Example]:
-    """Examples of a JSONL file, the pair read from ``source_key`` and ``target_key``."""
-    return [Example(r[source_key], r[target_key]) for r in read_jsonl_records(path, (source_key, target_key))]
+def read_examples(path: str, source_key: str, target_key: str, template: Optional[str] = None,
+                  truncation_field: Optional[str] = None) -> List[Example]:
+    """Examples of a JSONL file: the pair read from ``source_key`` and ``target_key``, or, given a prompt
+    ``template`` (ending with ``{target_key}``), the prompt filled from the record's keys."""
+    if template is None:
+        return [Example(r[source_key], r[target_key]) for r in read_jsonl_records(path, (source_key, target_key))]
+    parsed = parse_prompt_template(template, target_key)
+    if truncation_field is not None and truncation_field not in parsed.keys[:-1]:
+        raise ValueError(f"data.truncation_field={truncation_field!r} is not a field of the prompt template "
+                         f"{template!r} (its fields: {', '.join(parsed.keys[:-1]) or 'none'})")
+    examples = []
+    for record in read_jsonl_records(path, parsed.keys):
+        parts = render_prompt(parsed, record, truncation_field)
+        examples.append(Example("".join(p.text for p in parts), record[target_key], parts))
+    return examples
 
 
-def _tokenized_gpt(examples: Sequence[Example], tokenizer: Tokenizer, limit: int, name: str
+def _prompt_tokens(ex: Example, tokenizer: Tokenizer) -> Tuple[List[int], List[bool]]:
+    """Prompt ids and, per id, whether it may be truncated (each template part is tokenized on its own)."""
+    if ex.parts is None:
+        ids = tokenizer.encode(ex.source)
+        return ids, [False] * len(ids)
+    ids, truncatable = [], []
+    for part in ex.parts:
+        part_ids = tokenizer.encode(part.text)
+        ids += part_ids
+        truncatable += [part.truncatable] * len(part_ids)
+    return ids, truncatable
+
+
+def _shorten_prompt(ids: List[int], truncatable: List[bool], excess: int, from_left: bool) -> List[int]:
+    """``ids`` without up to ``excess`` truncatable tokens, taken from the right (or left) end of them."""
+    positions = [i for i, t in enumerate(truncatable) if t]
+    drop = set(positions[:excess] if from_left else positions[len(positions) - excess:]) if excess else set()
+    return [t for i, t in enumerate(ids) if i not in drop]
+
+
+def _tokenized_gpt(examples: Sequence[Example], tokenizer: Tokenizer, limit: int, name: str,
+                   answer_only_loss: bool = True, truncation_method: str = "right"
                    ) -> List[Tuple[List[int], List[int]]]:
     """``(ids, loss flags)`` per example, ids = prompt + response + eos, at most ``limit`` tokens."""
     out, cut, dropped = [], 0, 0
     for ex in examples:
-        prompt, response = tokenizer.encode(ex.source), tokenizer.encode(ex.target) + [tokenizer.eos_id]
-        ids, flags = prompt + response, [0] * len(prompt) + [1] * len(response)
-        if len(ids) > limit:
+        prompt, truncatable = _prompt_tokens(ex, tokenizer)
+        response = tokenizer.encode(ex.target) + [tokenizer.eos_id]
+        excess = len(prompt) + len(response) - limit
+        if excess > 0 and any(truncatable):
+            prompt = _shorten_prompt(prompt, truncatable, excess, truncation_method == "left")
+        ids, flags = prompt + response, [0 if answer_only_loss else 1] * len(prompt) + [1] * len(response)
+        if excess > 0:
             ids, flags, cut = ids[:limit], flags[:limit], cut + 1
         # flags[0] never counts: the first token is never a label.
         if sum(flags[1:]) == 0:
@@ -76,9 +117,10 @@ class GPTFinetuneDataset(EpochShuffledDataset):
     """GPT samples ``tokens``/``labels``/``position_ids`` (int64 [s]) and ``loss_mask`` (float32 [s])."""
 
     def __init__(self, examples: Sequence[Example], tokenizer: Tokenizer, seq_length: int, seed: int,
-                 packed: bool = False, name: str = "gpt") -> None:
+                 packed: bool = False, name: str = "gpt", answer_only_loss: bool = True,
+                 truncation_method: str = "right") -> None:
         self.seq_length, self.seed, self.pad_id = seq_length, seed, tokenizer.pad_id
-        items = _tokenized_gpt(examples, tokenizer, seq_length + 1, name)
+        items = _tokenized_gpt(examples, tokenizer, seq_length + 1, name, answer_only_loss, truncation_method)
         self.sequences = _pack(items, seq_length + 1) if packed else items
         self.num_distinct_samples = len(self.sequences)
 

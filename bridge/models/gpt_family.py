@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from bridge.data import DatasetKind, as_data_config, finetuning_examples, pretraining_streams
+from bridge.data import DatasetKind, as_data_config, blended_datasets, finetuning_examples, pretraining_streams
 from bridge.data.gpt_dataset import GPTPretrainingDataset
 from bridge.data.sft_dataset import GPTFinetuneDataset
 from bridge.models.family import FamilySpec, attention_flops, register_family, training_flops
@@ -29,16 +29,21 @@ def flops_per_sample(provider: GPTModelProvider, num_params: int) -> float:
 
 
 def build_datasets(data_cfg, tokenizer, provider: GPTModelProvider):
-    """Pretraining: next-token windows of ``seq_length``; fine-tuning: prompt/response examples."""
-    cfg = as_data_config(data_cfg)
+    """Pretraining: next-token windows of ``seq_length``; fine-tuning: prompt/response examples (blended when
+    ``data.weights`` is set)."""
+    return blended_datasets(as_data_config(data_cfg), lambda cfg: _datasets(cfg, tokenizer, provider))
+
+
+def _datasets(cfg, tokenizer, provider: GPTModelProvider):
     seq_length = provider.seq_length
     if cfg.kind is DatasetKind.pretrain:
         train, valid = pretraining_streams(cfg, tokenizer)
         return (GPTPretrainingDataset(train, seq_length, cfg.seed, "train"),
                 GPTPretrainingDataset(valid, seq_length, cfg.seed, "validation"))
-    train, valid = finetuning_examples(cfg, (cfg.prompt_key, cfg.response_key))
-    return (GPTFinetuneDataset(train, tokenizer, seq_length, cfg.seed, cfg.packed, "train"),
-            GPTFinetuneDataset(valid, tokenizer, seq_length, cfg.seed, cfg.packed, "validation"))
+    train, valid = finetuning_examples(cfg, (cfg.prompt_key, cfg.response_key), template=True)
+    loss = dict(answer_only_loss=cfg.answer_only_loss, truncation_method=cfg.truncation_method)
+    return (GPTFinetuneDataset(train, tokenizer, seq_length, cfg.seed, cfg.packed, "train", **loss),
+            GPTFinetuneDataset(valid, tokenizer, seq_length, cfg.seed, cfg.packed, "validation", **loss))
 
 
 GPT = register_family(FamilySpec(

@@ -98,8 +98,6 @@ for _name in ("mtp_num_layers", "mtp_loss_scaling_factor", "mtp_standalone"):
     REJECTED[_name] = _MTP
 REJECTED.update({
     "gradient_accumulation_fusion": _apex_grad_accum_reason,
-    "calculate_per_token_loss": "bridge's trainer normalises the loss per micro-batch (mean over its loss-mask "
-                                "tokens); megatron's per-token normalisation over the global batch is not implemented",
     "pipeline_model_parallel_comm_backend": "bridge's pipeline schedule communicates through torch.distributed's "
                                             "default backend",
 })

@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from bridge.data import DatasetKind, as_data_config, finetuning_examples, pretraining_streams
+from bridge.data import DatasetKind, as_data_config, blended_datasets, finetuning_examples, pretraining_streams
 from bridge.data.sft_dataset import T5FinetuneDataset
 from bridge.data.t5_dataset import T5SpanCorruptionDataset
 from bridge.models.family import FamilySpec, attention_flops, register_family, training_flops
@@ -38,8 +38,11 @@ def flops_per_sample(provider: T5ModelProvider, num_params: int) -> float:
 
 def build_datasets(data_cfg, tokenizer, provider: T5ModelProvider):
     """Pretraining: span corruption of ``seq_length`` encoder tokens into ``decoder_seq_length`` targets;
-    fine-tuning: input/target examples."""
-    cfg = as_data_config(data_cfg)
+    fine-tuning: input/target examples (blended when ``data.weights`` is set)."""
+    return blended_datasets(as_data_config(data_cfg), lambda cfg: _datasets(cfg, tokenizer, provider))
+
+
+def _datasets(cfg, tokenizer, provider: T5ModelProvider):
     enc, dec = provider.seq_length, provider.resolved_decoder_seq_length
     if cfg.kind is DatasetKind.pretrain:
         streams = pretraining_streams(cfg, tokenizer)

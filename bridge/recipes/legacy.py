@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bridge.recipes.errors import ConfigError, config_error
+from bridge.recipes import legacy_sft
 from bridge.models import family_spec
 from bridge.training.config import RunConfig
 
@@ -67,7 +68,7 @@ _MUST_BE: Dict[str, Tuple[Any, ...]] = {
     "arch": ("transformer",), "num_moe_experts": (1,), "num_self_attention_per_cross_attention": (1,),
     "do_layer_norm_weight_decay": (False,), "pipeline_model_parallel_split_rank": (0, None),
     "reset_position_ids": (False,), "reset_attention_mask": (False,), "eod_mask_loss": (False,),
-    "dataset_type": ("t5",), "accumulate_grad_batches": (1, None), "max_epochs": (-1, None),
+    "dataset_type": ("t5",), "accumulate_grad_batches": (1, None),
     "create_wandb_logger": (False,), "short_seq_prob": (0.0, 0),
     "num_micro_batches_with_partial_activation_checkpoints": (None,),
     "activations_checkpoint_layers_per_pipeline": (None,),
@@ -91,7 +92,7 @@ _NO_EFFECT = frozenset({
     "create_checkpoint_callback", "monitor", "mode", "filename", "always_save_nemo", "save_nemo_on_train_end",
     "model_parallel_size", "save_last", "last_epoch", "sentencepiece_legacy", "delimiter",
     "embedding_init_method_std", "tokens_head_bias", "sharp", "gc_interval", "overlap_p2p_comm",
-    "mock_dataset", "save_best_model", "enable_megatron_timers",
+    "mock_dataset", "save_best_model", "enable_megatron_timers", "save_nemo_on_validation_end",
 })
 
 
@@ -170,6 +171,7 @@ class _Translation:
         self.out: Dict[str, Any] = {}
         self.ignored: List[str] = []
         self.how: Dict[str, str] = {}  # NeMo-1 key -> translated | off | default | no effect
+        self.sft = legacy_sft.is_sft_file(keys)
 
     def take(self, key: str, default: Any = None) -> Any:
         if key in self.keys:
@@ -186,22 +188,27 @@ class _Translation:
         if key in self.keys:
             self.put(target, convert(self.take(key)))
 
+    def settle(self, key: str, name: str, must_be: Dict[str, Tuple[Any, ...]], no_effect: frozenset) -> bool:
+        """Consume ``key`` when ``name`` is in ``must_be`` (at an allowed value, else one error) or in
+        ``no_effect``; False (nothing consumed) for any other name."""
+        if name in must_be:
+            value = self.keys.pop(key)
+            if value not in must_be[name]:
+                allowed = " or ".join(repr(v) for v in must_be[name])
+                raise ConfigError(f"NeMo-1 key {key}={value!r} is not supported by bridge (only {allowed})")
+            self.how[key] = "default"
+            return True
+        if name in no_effect:
+            self.keys.pop(key)
+            self.ignored.append(key)
+            self.how[key] = "no effect"
+            return True
+        return False
+
     def finish(self) -> None:
         """Handle _MUST_BE / _NO_EFFECT keys; raise for anything left."""
-        unknown = []
-        for key in sorted(self.keys):
-            leaf = key.rsplit(".", 1)[-1]
-            value = self.keys[key]
-            if leaf in _MUST_BE:
-                if value not in _MUST_BE[leaf]:
-                    allowed = " or ".join(repr(v) for v in _MUST_BE[leaf])
-                    raise ConfigError(f"NeMo-1 key {key}={value!r} is not supported by bridge (only {allowed})")
-                self.how[key] = "default"
-            elif leaf in _NO_EFFECT:
-                self.ignored.append(key)
-                self.how[key] = "no effect"
-            else:
-                unknown.append(key)
+        unknown = [key for key in sorted(self.keys)
+                   if not self.settle(key, key.rsplit(".", 1)[-1], _MUST_BE, _NO_EFFECT)]
         if unknown:
             raise ConfigError(
                 f"NeMo-1 config keys without a bridge translation: {', '.join(unknown)} "
@@ -249,6 +256,14 @@ def _activation(value: Any) -> str:
 
 def _translate_trainer(t: _Translation) -> None:
     t.move("trainer.max_steps", "train.train_steps", _whole_number("trainer.max_steps"))
+    epochs = t.take("trainer.max_epochs")
+    if epochs not in (-1, None):
+        # Lightning stops at whichever limit comes first; bridge counts steps only.
+        if "train.train_steps" not in t.out or t.out["train.train_steps"] < 0:
+            raise ConfigError(f"NeMo-1 trainer.max_epochs={epochs} without trainer.max_steps: bridge counts steps, "
+                              "set trainer.max_steps")
+        logger.warning("NeMo-1 trainer.max_epochs=%s: bridge stops after trainer.max_steps=%s and does not count "
+                       "epochs (data repeats, reshuffled, when an epoch ends first)", epochs, t.out["train.train_steps"])
     t.move("trainer.val_check_interval", "train.eval_interval", _whole_number("trainer.val_check_interval"))
     t.move("trainer.limit_val_batches", "train.eval_steps", _whole_number("trainer.limit_val_batches"))
     t.move("trainer.log_every_n_steps", "train.log_interval", _whole_number("trainer.log_every_n_steps"))
@@ -370,33 +385,46 @@ def _megatron_tokenizer(t: _Translation, kind: str, vocab_file: Any, merge_file:
         t.put("tokenizer.lower_case", lower)
 
 
-def _data_paths(value: Any) -> Tuple[List[str], List[str]]:
-    """(train, valid) prefixes from NeMo-1's ``data_prefix`` (a list with optional weights, or a dict)."""
+def _data_paths(value: Any, part: str = "model.data.data_prefix") -> Tuple[List[str], List[float]]:
+    """Prefixes and weights (empty: pooled by size) of a NeMo-1 ``data_prefix`` list: ``[A, B]`` or the
+    weighted ``[0.3, A, 0.7, B]``."""
     if value in (None, [], {}):
         return [], []
+    items = value if isinstance(value, list) else [value]
+    if all(isinstance(v, str) for v in items):
+        return [str(v) for v in items], []
+    weights, paths = items[0::2], items[1::2]
+    numbers = all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0 for w in weights)
+    if len(items) % 2 or not numbers or not all(isinstance(p, str) for p in paths):
+        raise ConfigError(f"NeMo-1 {part}={items!r} is neither a list of prefixes nor a weighted blend "
+                          "[weight, prefix, weight, prefix, ...] with positive weights")
+    return [str(p) for p in paths], [float(w) for w in weights]
+
+
+def _translate_data_prefix(t: _Translation) -> None:
+    value = t.take("model.data.data_prefix")
     if isinstance(value, dict):
         extra = sorted(set(value) - {"train", "validation", "test"})
         if extra:
             raise ConfigError(f"NeMo-1 model.data.data_prefix has unknown parts {extra}; use train / validation")
-        return _data_paths(value.get("train"))[0], _data_paths(value.get("validation"))[0]
-    items = value if isinstance(value, list) else [value]
-    weights = [v for v in items if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    paths = [str(v) for v in items if isinstance(v, str)]
-    if weights and len(paths) > 1:
-        raise ConfigError(
-            f"NeMo-1 model.data.data_prefix with weights {weights} is a weighted blend; bridge does not mix datasets "
-            "by weight (it pools unweighted prefixes by size): list the prefixes without weights, or blend them "
-            "into one dataset with scripts/preprocess_data.py")
-    return paths, []
+        paths, weights = _data_paths(value.get("train"), "model.data.data_prefix.train")
+        valid, valid_weights = _data_paths(value.get("validation"), "model.data.data_prefix.validation")
+        if len(valid) > 1 and valid_weights:
+            raise ConfigError("NeMo-1 model.data.data_prefix.validation is a weighted blend; bridge validates on "
+                              "its prefixes pooled: list them without weights")
+    else:
+        (paths, weights), valid = _data_paths(value), []
+    t.put("data.paths", paths)
+    t.put("data.valid_paths", valid)
+    if len(paths) > 1 and weights:
+        t.put("data.weights", weights)  # megatron-core's blend, as NeMo mixes them
 
 
 _T5_NEMO_MASKING = ("max_ngram_size", "geometric_dist", "whole_word_masking", "permutation", "favor_longer_ngrams")
 
 
 def _translate_data(t: _Translation, seq_length: Optional[int]) -> None:
-    train_paths, valid_paths = _data_paths(t.take("model.data.data_prefix"))
-    t.put("data.paths", train_paths)
-    t.put("data.valid_paths", valid_paths)
+    _translate_data_prefix(t)
     split = t.take("model.data.splits_string")
     if split is not None:
         parts = str(split).split(",")
@@ -437,6 +465,11 @@ def _translate_optim(t: _Translation, max_steps: Optional[int]) -> None:
         t.move(f"model.optim.{key}", f"optimizer.{key}", float)
     t.move("model.optim.betas", "optimizer.betas", lambda v: [float(b) for b in v])
     t.move("model.optim.momentum", "optimizer.sgd_momentum", float)
+    if not any(k.startswith("model.optim.sched.") for k in t.keys):
+        # NeMo runs without a scheduler when the file has none (SFT files): the LR stays at optim.lr
+        t.put("scheduler.decay_style", "constant")
+        t.put("scheduler.warmup_steps", 0)
+        return
     sched = str(t.take("model.optim.sched.name", "CosineAnnealing"))
     styles = {"cosineannealing": "cosine", "warmupannealing": "linear", "linearannealing": "linear",
               "constantlr": "constant", "warmupholdpolicy": "constant"}
@@ -474,7 +507,8 @@ def _translate_model(t: _Translation) -> Optional[int]:
                 "make_vocab_size_divisible_by", "use_flash_attention", "virtual_pipeline_model_parallel_size",
                 "fp16_lm_cross_entropy"):
         t.move(f"model.{key}", f"model.{key}")
-    t.put("model.should_pad_vocab", True)  # NeMo 1 always pads the vocabulary (make_vocab_size_divisible_by)
+    if not t.sft:  # an SFT file keeps the padding of the model it fine-tunes
+        t.put("model.should_pad_vocab", True)  # NeMo 1 always pads the vocabulary (make_vocab_size_divisible_by)
     t.move("model.micro_batch_size", "train.micro_batch_size")
     t.move("model.global_batch_size", "train.global_batch_size")
     if t.has("model.seed"):
@@ -525,17 +559,6 @@ def _nest(flat: Dict[str, Any]) -> Dict[str, Any]:
     return nested
 
 
-def _reject_finetuning_files(keys: Dict[str, Any]) -> None:
-    peft = sorted({k.split(".")[1] for k in keys if k.startswith("model.peft.")})
-    if peft:
-        raise ConfigError("NeMo-1 PEFT configs (model.peft: adapters / LoRA / p-tuning) are not supported by bridge; "
-                          "fine-tune all weights with conf/gpt_finetune.yaml")
-    if any(k.startswith(("model.data.train_ds.", "model.data.validation_ds.")) for k in keys):
-        raise ConfigError("NeMo-1 SFT configs (model.data.train_ds / validation_ds) are not translated; use bridge's "
-                          "fine-tuning recipe: --config-name gpt_finetune data.paths=[your.jsonl] "
-                          "checkpoint.pretrained_checkpoint=<checkpoint folder>")
-
-
 def translate_nemo1(cfg: DictConfig) -> DictConfig:
     """bridge's run config (structured, struct mode) for a NeMo-1 style config; unknown keys are an error."""
     return _translate(cfg)[0]
@@ -550,17 +573,23 @@ def nemo1_key_handling(cfg: DictConfig) -> Dict[str, str]:
 
 
 def _translate(cfg: DictConfig) -> Tuple[DictConfig, Dict[str, str]]:
-    _reject_finetuning_files(_flatten(OmegaConf.to_container(cfg, resolve=False)))
+    legacy_sft.reject_peft(_flatten(OmegaConf.to_container(cfg, resolve=False)))
+    cfg, unread = legacy_sft.without_test_section(cfg)
     try:
         keys = _flatten(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
     except OmegaConfBaseException as exc:
         raise config_error(exc) from exc
     family = _nemo1_family(keys)
     t = _Translation(keys, family)
+    for key in unread:
+        t.ignored.append(key)
+        t.how[key] = "no effect"
     name = str(t.take("name") or f"nemo1_{family}")
     t.put("name", name)
     t.put("family", family)
     restore = t.take("restore_from_path")
+    if t.has("model.restore_from_path"):  # where SFT files keep it
+        restore = t.take("model.restore_from_path")
     if restore is not None:
         if str(restore).endswith(".nemo"):
             raise ConfigError(f"NeMo-1 restore_from_path={restore!r}: .nemo archives cannot be loaded; give a bridge "
@@ -571,8 +600,15 @@ def _translate(cfg: DictConfig) -> Tuple[DictConfig, Dict[str, str]]:
     _translate_trainer(t)
     _translate_exp_manager(t, name)
     seq_length = _translate_model(t)
-    _translate_tokenizer(t)
-    _translate_data(t, seq_length)
+    if t.sft:
+        legacy_sft.translate_sft_data(t)
+        legacy_sft.translate_answer_only_loss(t)
+        if any(k.startswith("model.tokenizer.") for k in t.keys):
+            _translate_tokenizer(t)
+        legacy_sft.adopt_base_model(t, restore)
+    else:
+        _translate_tokenizer(t)
+        _translate_data(t, seq_length)
     _translate_optim(t, max_steps)
     t.finish()
 

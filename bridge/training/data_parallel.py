@@ -18,13 +18,16 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 
 class AllReduceDataParallel(torch.nn.Module):
-    """Averages gradients over the data-parallel ranks in ``finish_grad_sync`` (one flat all-reduce)."""
+    """Averages gradients over the data-parallel ranks in ``finish_grad_sync`` (one flat all-reduce); sums them
+    when the model's config has ``calculate_per_token_loss`` (the loss is already divided by the global batch's
+    tokens), as megatron-core's ``DistributedDataParallel`` does."""
 
     def __init__(self, module: torch.nn.Module) -> None:
         super().__init__()
         self.module = module
         self.group = parallel_state.get_data_parallel_group()
         self.size = parallel_state.get_data_parallel_world_size()
+        self.average = not getattr(getattr(module, "config", None), "calculate_per_token_loss", False)
         if self.size > 1:  # identical starting weights on every rank (each initialised from the same seed)
             for tensor in list(module.parameters()) + list(module.buffers()):
                 dist.broadcast(tensor.data, src=dist.get_global_rank(self.group, 0), group=self.group)
@@ -44,7 +47,8 @@ class AllReduceDataParallel(torch.nn.Module):
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         flat = _flatten_dense_tensors(grads)
         dist.all_reduce(flat, group=self.group)
-        flat /= self.size
+        if self.average:
+            flat /= self.size
         for grad, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
             grad.copy_(reduced)
 

@@ -39,9 +39,14 @@ def configure_pipeline(wrapped, optimizer) -> None:
     config.grad_scale_func = optimizer.scale_loss
 
 
-def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
-    """Last stage: per-token losses [b, s] -> the masked mean (the schedule divides it by the micro-batch count)."""
-    loss, _ = masked_mean(output_tensor, loss_mask)
+def _loss_func(loss_mask: torch.Tensor, per_token: bool, output_tensor: torch.Tensor):
+    """Last stage: per-token losses [b, s] -> the masked mean (the schedule divides it by the micro-batch count);
+    with ``calculate_per_token_loss``, the masked sum and its token count (the schedule divides the gradients by
+    the global batch's tokens in ``finalize_model_grads``)."""
+    loss, tokens = masked_mean(output_tensor, loss_mask)
+    if per_token:
+        total = loss * tokens
+        return total, tokens.int(), {"loss_sum": total.detach().clone(), "tokens": tokens.detach().clone()}
     return loss, {"loss": loss.detach().clone()}  # a copy: the schedule divides ``loss`` in place
 
 
@@ -51,18 +56,26 @@ def _forward_step(device: torch.device, data_iterator: Optional[Iterator[Dict]],
     batch = batch_to_device(next(data_iterator), device) if first or last else {}
     output = model(batch["tokens"] if first else None, batch["position_ids"] if first else None, None,
                    labels=batch["labels"] if last else None)  # last: losses [b, s]; others: hidden [s, b, h]
-    return output, partial(_loss_func, batch["loss_mask"] if last else None)
+    per_token = bool(get_model_config(model).calculate_per_token_loss)
+    return output, partial(_loss_func, batch["loss_mask"] if last else None, per_token)
 
 
 def _broadcast_last_stage_mean(losses: List[Dict[str, torch.Tensor]], device: torch.device) -> float:
     """Mean of the last stage's micro-batch losses over the data-parallel group, on every rank."""
     value = torch.zeros((), dtype=torch.float32, device=device)
     if parallel_state.is_pipeline_last_stage():
-        value = torch.stack([item["loss"].float() for item in losses]).mean()
         dp_size = parallel_state.get_data_parallel_world_size()
-        if dp_size > 1:
-            dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
-            value /= dp_size
+        if losses and "tokens" in losses[0]:  # per-token loss: the global batch's token-weighted mean
+            pair = torch.stack([torch.stack([item["loss_sum"].float(), item["tokens"].float()]) for item in losses])
+            pair = pair.sum(dim=0)
+            if dp_size > 1:
+                dist.all_reduce(pair, group=parallel_state.get_data_parallel_group())
+            value = pair[0] / pair[1].clamp(min=1.0)
+        else:
+            value = torch.stack([item["loss"].float() for item in losses]).mean()
+            if dp_size > 1:
+                dist.all_reduce(value, group=parallel_state.get_data_parallel_group())
+                value /= dp_size
     dist.broadcast(value, src=parallel_state.get_pipeline_model_parallel_last_rank(),
                    group=parallel_state.get_pipeline_model_parallel_group())
     return float(value)

@@ -32,7 +32,7 @@ from bridge.training.errors import TrainingDivergedError
 from bridge.training.finalize import finalize_run
 from bridge.training.generation import generate
 from bridge.training.hf_checkpoints import load_pretrained
-from bridge.training.loss import batch_to_device, masked_loss
+from bridge.training.loss import batch_to_device, global_batch_tokens, masked_loss, sum_over_data_parallel
 from bridge.training.memory import check_fits_on_cpu
 from bridge.training.optimizer import build_optimizer, build_scheduler
 from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
@@ -292,16 +292,21 @@ def _train_step(parts: RunParts, batches) -> tuple:
     loss_scale = getattr(parts.optimizer, "get_loss_scale", None)  # megatron-core fp16: dynamic loss scale
     step_loss = torch.zeros((), device=env.device)
     sample_tokens = 0
-    for i in range(parts.accumulation):
-        batch = batch_to_device(next(batches), env.device)
+    micro_batches = [batch_to_device(next(batches), env.device) for _ in range(parts.accumulation)]
+    # Each micro-batch's mean loss weighs 1/accumulation, or, with megatron-core's calculate_per_token_loss,
+    # its share of the loss tokens of the whole global batch (the data-parallel wrappers then sum gradients).
+    per_token = parts.run.model.calculate_per_token_loss
+    total_tokens = global_batch_tokens(micro_batches) if per_token else None
+    for i, batch in enumerate(micro_batches):
         sample_tokens = parts.family.tokens_per_sample(batch)
         with wrapped.no_sync() if i < parts.accumulation - 1 else nullcontext():
-            loss, _ = masked_loss(wrapped, batch, parts.family)
+            loss, tokens = masked_loss(wrapped, batch, parts.family)
+            weight = tokens / total_tokens if per_token else 1.0 / parts.accumulation
             scale = loss_scale() if callable(loss_scale) else 1.0
-            (loss * scale / parts.accumulation).backward()
-        step_loss += loss.detach() / parts.accumulation
+            (loss * scale * weight).backward()
+        step_loss += loss.detach() * weight
     _finish_grads(wrapped, env)
-    return _mean_over_ranks(step_loss), sample_tokens
+    return (sum_over_data_parallel(step_loss) if per_token else _mean_over_ranks(step_loss)), sample_tokens
 
 
 def _loop(parts: RunParts, state: TrainState, batches, result: TrainResult) -> None:

@@ -89,3 +89,39 @@ def test_bad_config_values():
         DataConfig(split="100")
     with pytest.raises(TypeError, match="seq_length"):
         DataConfig(seq_length=128)  # the model owns the sample lengths
+
+
+def test_prompt_template_fills_the_prompt_from_record_keys(tmp_path):
+    from bridge.data.sft_dataset import read_examples
+
+    path = _write(tmp_path / "qa.jsonl", [{"question": "2+2?", "context": "math", "answer": "4"}])
+    (ex,) = read_examples(path, "prompt", "answer", template="[{context}] Q: {question}\nA: {answer}")
+    assert ex.source == "[math] Q: 2+2?\nA: " and ex.target == "4"
+    with pytest.raises(ValueError, match=r"must end with the response placeholder \{answer\}"):
+        read_examples(path, "prompt", "answer", template="{answer} after {question}")
+    with pytest.raises(ValueError, match="no key 'missing'"):
+        read_examples(path, "prompt", "answer", template="{missing} {answer}")
+    with pytest.raises(ValueError, match="truncation_field='answer' is not a field of the prompt template"):
+        read_examples(path, "prompt", "answer", template="Q: {question} {answer}", truncation_field="answer")
+
+
+@pytest.mark.parametrize("method", ["right", "left"])
+def test_too_long_examples_lose_tokens_of_the_truncation_field_first(tmp_path, method):
+    from bridge.data.sft_dataset import read_examples
+
+    path = _write(tmp_path / "qa.jsonl", [{"question": "abcdefghij" * 3, "answer": "XYZ"}])
+    (ex,) = read_examples(path, "prompt", "answer", template="Q: {question}\nA: {answer}", truncation_field="question")
+    ds = GPTFinetuneDataset([ex], TOK, seq_length=20, seed=0, truncation_method=method)
+    s = ds.sample(0, 0)
+    text = TOK.decode(s["tokens"].tolist() + [s["labels"][-1].item()])
+    kept = "abcdefghij" * 3
+    kept = kept[:10] if method == "right" else kept[-10:]  # 20 of the field's 30 tokens go, the template stays
+    assert text == f"Q: {kept}\nA: XYZ"
+    assert s["labels"][s["loss_mask"] > 0].tolist() == TOK.encode("XYZ") + [TOK.eos_id]
+
+
+def test_answer_only_loss_false_trains_on_the_prompt_too():
+    ds = GPTFinetuneDataset(EXAMPLES[:1], TOK, seq_length=64, seed=0, answer_only_loss=False)
+    s = ds.sample(0, 0)
+    n = len(TOK.encode(EXAMPLES[0].source + EXAMPLES[0].target)) + 1
+    assert s["loss_mask"].sum() == n - 1 and s["loss_mask"][:n - 1].all()  # every label but the padding

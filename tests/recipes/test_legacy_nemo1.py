@@ -99,8 +99,11 @@ def test_nemo1_data_prefix_forms():
     raw["model"]["data"]["data_prefix"] = {"train": ["/data/a"], "validation": ["/data/v"], "test": ["/data/t"]}
     run = build_run_config(OmegaConf.create(copy.deepcopy(raw)))
     assert (run.data.paths, run.data.valid_paths) == (["/data/a"], ["/data/v"])
-    raw["model"]["data"]["data_prefix"] = [0.5, "/data/a", 0.5, "/data/b"]  # a 50/50 mix is not a pooled one
-    with pytest.raises(ConfigError, match="is a weighted blend"):
+    raw["model"]["data"]["data_prefix"] = [0.3, "/data/a", 0.7, "/data/b"]  # mixed 30/70, as NeMo does
+    run = build_run_config(OmegaConf.create(copy.deepcopy(raw)))
+    assert (run.data.paths, run.data.weights) == (["/data/a", "/data/b"], [0.3, 0.7])
+    raw["model"]["data"]["data_prefix"] = [0.3, "/data/a", "/data/b"]
+    with pytest.raises(ConfigError, match="is neither a list of prefixes nor a weighted blend"):
         build_run_config(OmegaConf.create(raw))
 
 

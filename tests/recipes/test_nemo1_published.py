@@ -5,6 +5,7 @@ the user to give (``model.data.data_prefix: ???``, the tokenizer's vocab files t
 and tiny sizes so a CPU can train a few steps.
 """
 
+import json
 import logging
 import math
 import os
@@ -98,9 +99,28 @@ def test_fractional_validation_settings_are_an_error_not_one_step(tmp_path):
         _load("megatron_gpt_config", GPT2_FILES + TINY_GPT + ["trainer.val_check_interval=1.0"], tmp_path)
 
 
-def test_weighted_blend_is_an_error_not_a_pooled_mix(tmp_path):
-    with pytest.raises(ConfigError, match="is a weighted blend"):
-        _load("megatron_gpt_config", GPT2_FILES + TINY_GPT + ["model.data.data_prefix=[0.5,a,0.5,b]"], tmp_path)
+@pytest.mark.slow
+def test_weighted_blend_trains_in_its_proportions(tmp_path):
+    """``data_prefix: [0.25, A, 0.75, B]`` mixes A and B 1:3 through megatron-core's blending, not pooled by size."""
+    from bridge.data import build_tokenizer, write_indexed_dataset
+    from bridge.training import train
+
+    run = _load("megatron_gpt_config", GPT2_FILES + TINY_GPT, tmp_path)
+    tokenizer = build_tokenizer(run.tokenizer)
+    for name, word in (("a", "apple"), ("b", "banana")):
+        write_indexed_dataset([f"{word} " * 40] * 30, tokenizer, str(tmp_path / name))
+    overrides = [o for o in TINY_GPT if not o.startswith("model.data.data_prefix")]
+    run = _load("megatron_gpt_config", GPT2_FILES + overrides + [
+        f"model.data.data_prefix=[0.25,{tmp_path / 'a'},0.75,{tmp_path / 'b'}]"], tmp_path)
+    assert run.data.weights == [0.25, 0.75]
+    from bridge.models import family_spec
+
+    train_ds, _ = family_spec("gpt").build_datasets(run.data, tokenizer, run.model)
+    apple = tokenizer.encode(" apple")[0]
+    firsts = [bool((train_ds[i]["tokens"] == apple).any()) for i in range(40)]
+    assert sum(firsts) == 10  # a quarter of the samples come from A
+    result = train(run)
+    assert result.steps == [1, 2, 3] and all(math.isfinite(loss) for loss in result.losses)
 
 
 def test_activation_checkpointing_becomes_recompute(tmp_path):
@@ -122,10 +142,77 @@ def test_split_test_share_and_t5_masking_are_warned(tmp_path, caplog):
     assert "bridge has no test set" in text and "T5 masking settings" in text
 
 
-@pytest.mark.parametrize("name", ["megatron_gpt_sft", "megatron_gpt_finetuning_config"])
-def test_sft_and_peft_files_are_one_clear_error(name, tmp_path):
-    with pytest.raises(ConfigError, match=r"NeMo-1 (SFT|PEFT) configs"):
-        load_config(name, [], config_dir=FIXTURES)
+def test_peft_file_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"NeMo-1 PEFT config \(model.peft.peft_scheme=adapter\) is not supported"):
+        load_config("megatron_gpt_finetuning_config", [], config_dir=FIXTURES)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A tiny GPT checkpoint of this project (what NeMo's restore_from_path names), written without training."""
+    from bridge.distributed import ensure_model_parallel
+    from bridge.models import GPTModelProvider
+    from bridge.training.hf_checkpoints import save_imported
+
+    provider = GPTModelProvider(num_layers=2, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                                seq_length=64, vocab_size=359, hidden_dropout=0.1, attention_dropout=0.1,
+                                attention_backend="local")
+    ensure_model_parallel(1, 1)
+    folder = tmp_path_factory.mktemp("pretrained")
+    save_imported(provider.provide(), provider, str(folder / "no_hf_files"), str(folder / "checkpoints"))
+    return str(folder / "checkpoints")
+
+
+def _sft_overrides(pretrained, data_dir, extra=()):
+    records = [{"question": f"what follows {i}?", "output": str(i + 1)} for i in range(12)]
+    train = data_dir / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return [f"model.restore_from_path={pretrained}", f"model.data.train_ds.file_names=[{train}]",
+            f"model.data.validation_ds.file_names=[{train}]", "trainer.precision=32", "trainer.accelerator=cpu",
+            "trainer.max_steps=3", "trainer.val_check_interval=3", "+trainer.limit_val_batches=1",
+            "model.global_batch_size=2", "model.micro_batch_size=2", "model.data.train_ds.max_seq_length=48",
+            "model.data.train_ds.num_workers=0", "model.data.train_ds.prompt_template='Q: {question} A: {output}'",
+            "model.data.train_ds.truncation_field=question", *extra]
+
+
+def test_sft_file_translates_to_full_fine_tuning(pretrained, tmp_path):
+    run = _load("megatron_gpt_sft", _sft_overrides(pretrained, tmp_path), tmp_path)
+    assert run.data.kind.value == "finetune" and not run.data.packed
+    assert run.data.prompt_template == "Q: {question} A: {output}" and run.data.response_key == "output"
+    assert run.data.truncation_field == "question" and run.data.truncation_method == "right"
+    assert run.data.answer_only_loss is False  # the file's own value
+    assert run.checkpoint.pretrained_checkpoint == pretrained
+    # the architecture comes from the checkpoint, the file's dropout and length override it
+    assert (run.model.num_layers, run.model.hidden_size) == (2, 32)
+    assert run.model.hidden_dropout == 0.0 and run.model.attention_dropout == 0.0 and run.model.seq_length == 48
+    # NeMo runs without an LR scheduler when the file has no optim.sched: the LR stays at optim.lr
+    assert run.scheduler.decay_style.value == "constant" and run.scheduler.warmup_steps == 0
+    assert run.optimizer.lr == 3e-5
+
+
+def test_sft_needs_what_nemo_needs(pretrained, tmp_path):
+    with pytest.raises(ConfigError, match="model.restore_from_path"):
+        load_config("megatron_gpt_sft", [], config_dir=FIXTURES)
+    missing = [o for o in _sft_overrides(pretrained, tmp_path) if not o.startswith("model.restore_from_path")]
+    with pytest.raises(ConfigError, match=r"restore_from_path='/nowhere' is not a readable checkpoint"):
+        _load("megatron_gpt_sft", missing + ["model.restore_from_path=/nowhere"], tmp_path)
+    with pytest.raises(ConfigError, match=r"\.nemo archives cannot be loaded"):
+        _load("megatron_gpt_sft", missing + ["model.restore_from_path=/m/base.nemo"], tmp_path)
+    with pytest.raises(ConfigError, match="model.data.chat=True is not supported"):
+        _load("megatron_gpt_sft", _sft_overrides(pretrained, tmp_path, ["model.data.chat=true"]), tmp_path)
+    with pytest.raises(ConfigError, match="validation_ds.max_seq_length=64 differs"):
+        _load("megatron_gpt_sft", _sft_overrides(pretrained, tmp_path, ["model.data.validation_ds.max_seq_length=64"]),
+              tmp_path)
+
+
+@pytest.mark.slow
+def test_sft_file_trains_a_few_cpu_steps(pretrained, tmp_path):
+    from bridge.training import train
+
+    run = _load("megatron_gpt_sft", _sft_overrides(pretrained, tmp_path), tmp_path)
+    result = train(run)
+    assert result.steps == [1, 2, 3]
+    assert all(math.isfinite(loss) for loss in result.losses) and math.isfinite(result.valid_loss)
 
 
 # How each key of the published files is handled: translated into bridge's run config, accepted because it
@@ -175,6 +262,31 @@ def test_every_key_of_the_published_files_is_handled(name, overrides):
     keys = set(_leaf_keys(OmegaConf.to_container(cfg, resolve=False)))
     assert keys == set(handling), sorted(keys ^ set(handling))
     for key, how in EXPECTED[name].items():
+        assert handling[key] == how, (key, handling[key])
+
+
+SFT_EXPECTED = {
+    "model.restore_from_path": "translated", "model.data.train_ds.file_names": "translated",
+    "model.data.train_ds.prompt_template": "translated", "model.data.train_ds.label_key": "translated",
+    "model.data.train_ds.truncation_field": "translated", "model.answer_only_loss": "translated",
+    "model.data.train_ds.max_seq_length": "translated", "model.hidden_dropout": "translated",
+    "model.data.train_ds.add_eos": "default", "model.data.validation_ds.metric.name": "default",
+    "model.data.validation_ds.write_predictions_to_file": "default",
+    "model.data.train_ds.memmap_workers": "no effect", "model.data.validation_ds.tokens_to_generate": "no effect",
+    "model.data.test_ds.file_names": "no effect", "inference.greedy": "no effect",
+    "model.data.chat": "translated", "model.data.chat_prompt_tokens.turn_start": "off",
+    "exp_manager.checkpoint_callback_params.save_top_k": "translated", "trainer.max_epochs": "translated",
+}
+
+
+def test_every_key_of_the_sft_file_is_handled(pretrained, tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = compose_config("megatron_gpt_sft", _sft_overrides(pretrained, tmp_path), config_dir=FIXTURES)
+    handling = legacy.nemo1_key_handling(cfg)
+    keys = set(_leaf_keys(OmegaConf.to_container(cfg, resolve=False)))
+    assert keys == set(handling), sorted(keys ^ set(handling))
+    for key, how in SFT_EXPECTED.items():
         assert handling[key] == how, (key, handling[key])
 
 

@@ -62,7 +62,7 @@ def pretraining_streams(cfg: DataConfig, tokenizer: Tokenizer) -> Tuple[TokenStr
         if num_docs < 2:
             raise ValueError(f"indexed dataset {prefix!r} has {num_docs} document(s); data.split needs at least 2 "
                              "(or give data.valid_paths)")
-        (t0, t1), (v0, v1) = document_split(num_docs, cfg.split_weights())
+        (t0, t1), (v0, v1) = document_split(num_docs, cfg.split_weights())[:2]  # a test share stays unread
         train_parts.append((dataset, t0, t1))
         valid_parts.append((dataset, v0, v1))
     return TokenStream(train_parts), TokenStream(valid_parts)
@@ -98,5 +98,5 @@ def finetuning_examples(cfg: DataConfig, keys: Tuple[str, str], template: bool =
     if len(train_examples) < 2:
         raise ValueError(f"fine-tuning data {train_paths} has {len(train_examples)} example(s); data.split "
                          "needs at least 2 (or give data.valid_paths)")
-    (t0, t1), (v0, v1) = document_split(len(train_examples), cfg.split_weights())
+    (t0, t1), (v0, v1) = document_split(len(train_examples), cfg.split_weights())[:2]
     return train_examples[t0:t1], train_examples[v0:v1]

@@ -42,7 +42,8 @@ class DataConfig:
 
     split: str = "95,5"
     """``"train,valid"`` weights splitting ``paths`` into contiguous document (or example) ranges
-    when ``valid_paths`` is empty. Ignored by the embedded default, whose split is fixed."""
+    when ``valid_paths`` is empty; a third weight (``"949,50,1"``, Megatron's and NeMo's train,valid,test)
+    holds the last share out of both. Ignored by the embedded default, whose split is fixed."""
 
     seed: int = 1234
     """Seeds the sample order of each epoch and T5's noise; same seed, same data, any resume."""
@@ -113,13 +114,13 @@ class DataConfig:
         if self.mean_noise_span_length < 1.0:
             raise ValueError(f"data.mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}")
 
-    def split_weights(self) -> Tuple[float, float]:
-        """``(train, valid)`` weights parsed from ``split``."""
+    def split_weights(self) -> Tuple[float, ...]:
+        """``(train, valid)`` or ``(train, valid, test)`` weights parsed from ``split``."""
         try:
             weights = tuple(float(w) for w in str(self.split).replace("/", ",").split(","))
         except ValueError:
             weights = ()
-        if len(weights) != 2 or min(weights) <= 0:
-            raise ValueError(
-                f"data.split={self.split!r} is not valid; give two positive weights 'train,valid', e.g. '95,5'")
-        return weights  # type: ignore[return-value]
+        if len(weights) not in (2, 3) or min(weights[:2]) <= 0 or min(weights) < 0:
+            raise ValueError(f"data.split={self.split!r} is not valid; give positive weights 'train,valid' (e.g. "
+                             "'95,5'), optionally a third for a held-out test share ('949,50,1')")
+        return weights

@@ -426,13 +426,8 @@ _T5_NEMO_MASKING = ("max_ngram_size", "geometric_dist", "whole_word_masking", "p
 def _translate_data(t: _Translation, seq_length: Optional[int]) -> None:
     _translate_data_prefix(t)
     split = t.take("model.data.splits_string")
-    if split is not None:
-        parts = str(split).split(",")
-        t.put("data.split", ",".join(parts[:2]))
-        if len(parts) > 2 and float(parts[2] or 0) > 0:
-            logger.warning("NeMo-1 model.data.splits_string=%s: bridge has no test set, so the test share (%s) is "
-                           "left out and the documents split %s between training and validation",
-                           split, parts[2], ",".join(parts[:2]))
+    if split is not None:  # NeMo's train,valid,test shares; the test documents stay out of training
+        t.put("data.split", str(split))
     t.move("model.data.num_workers", "data.num_workers")
     data_length = t.take("model.data.seq_length", seq_length)
     if seq_length is None and data_length is not None:

@@ -106,3 +106,13 @@ def test_embedded_default_is_an_indexed_dataset(cache_dir):
     text = tok.decode(train[0]["tokens"].tolist())
     assert sum(c.isalpha() for c in text) > 60  # prose, not noise
     assert os.path.exists(os.path.join(cache_dir, "embedded_corpus"))
+
+
+def test_a_third_split_weight_holds_documents_out(prefix):
+    tok = build_tokenizer(TokenizerConfig())
+    train, valid = family_datasets(DataConfig(paths=[prefix], split="6,2,2", seed=7), tok, "gpt", 32)
+    train_stream = [t for d in DOCS[:24] for t in tok.encode(d) + [tok.eos_id]]  # 60% of the 40 documents
+    valid_stream = [t for d in DOCS[24:32] for t in tok.encode(d) + [tok.eos_id]]  # the next 20%; 20% unread
+    assert len(train) == (len(train_stream) - 1) // 32 and len(valid) == (len(valid_stream) - 1) // 32
+    with pytest.raises(ValueError, match=r"data.split='6,2,2,1' is not valid"):
+        DataConfig(split="6,2,2,1")

@@ -135,11 +135,11 @@ def test_nemo_activation_spellings(tmp_path):
     assert run.model.activation == "squared_relu"
 
 
-def test_split_test_share_and_t5_masking_are_warned(tmp_path, caplog):
+def test_split_keeps_the_test_share_out_and_t5_masking_is_warned(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bridge.recipes"):
-        _load("megatron_t5_config", BERT_FILES + TINY_T5, tmp_path)
-    text = caplog.text
-    assert "bridge has no test set" in text and "T5 masking settings" in text
+        run = _load("megatron_t5_config", BERT_FILES + TINY_T5, tmp_path)
+    assert run.data.split == "949,45,5" and run.data.split_weights() == (949.0, 45.0, 5.0)
+    assert "T5 masking settings" in caplog.text
 
 
 def test_peft_file_is_one_clear_error(tmp_path):

@@ -121,6 +121,6 @@ class DataConfig:
         except ValueError:
             weights = ()
         if len(weights) not in (2, 3) or min(weights[:2]) <= 0 or min(weights) < 0:
-            raise ValueError(f"data.split={self.split!r} is not valid; give positive weights 'train,valid' (e.g. "
-                             "'95,5'), optionally a third for a held-out test share ('949,50,1')")
+            raise ValueError(f"data.split={self.split!r} is not valid; give two positive weights 'train,valid' "
+                             "(e.g. '95,5'), optionally a third for a held-out test share ('949,50,1')")
         return weights

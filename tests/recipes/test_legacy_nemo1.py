@@ -31,7 +31,7 @@ def test_shipped_nemo1_gpt_translates_key_by_key():
     assert run.scheduler.decay_style.value == "cosine"
     assert run.checkpoint.dir == "outputs/megatron_gpt/checkpoints" and run.checkpoint.save_interval == 150
     assert run.checkpoint.keep_last == 2 and run.logging.tensorboard_dir == "outputs/megatron_gpt/tensorboard"
-    assert run.tokenizer.type.value == "byte" and run.data.paths == [] and run.data.split == "95,5"
+    assert run.tokenizer.type.value == "byte" and run.data.paths == [] and run.data.split == "95,5,0"
 
 
 def test_shipped_nemo1_t5_translates_per_stack_keys():

@@ -35,9 +35,6 @@ namespace sm90 {
 #ifndef BRIDGE_BWD_SM90_STAGES_D64  // depth of the Q/dO ring at d = 64 (d = 128 has shared memory for 2)
 #define BRIDGE_BWD_SM90_STAGES_D64 2
 #endif
-#ifndef BRIDGE_BWD_SM90_LATE_PARK  // 1: park dQ of tile i after issuing the S/dP GEMMs of tile i + 1
-#define BRIDGE_BWD_SM90_LATE_PARK 0
-#endif
 
 template <typename T, int D>
 struct BwdConfig {
@@ -69,8 +66,6 @@ struct BwdConfig {
     static constexpr int kSmemBytes = kOffBar + 128 + 1024;
     static constexpr int kProducerRegs = 40;
     static constexpr int kConsumerRegs = 232;
-    // Late parking holds dQ across the next tile's S/dP issue: registers allow it at d = 64 only.
-    static constexpr bool kLatePark = D == 64 && BRIDGE_BWD_SM90_LATE_PARK;
     static_assert(kOffDq % 1024 == 0, "parked dQ boxes must sit on 1024-byte boundaries (128-byte swizzle)");
 };
 
@@ -238,7 +233,6 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
             bulk_commit();
         }
     };
-    [[maybe_unused]] int parked_m0 = 0, parked_hq = 0;  // late parking: the query tile whose dQ is pending
     if (n_iters > 0) mbar_wait(bar_kv, 0);
     for (int it = 0; it < n_iters; ++it) {
         const int hq = hk * group + it / n_m;
@@ -257,7 +251,6 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         wgmma_commit();
         gemm_ss_k_major<T, C::kBlockM, D>(dpacc, v_addr, C::kBlockN, do_addr, C::kBlockM);
         wgmma_commit();
-        if (C::kLatePark && it > 0) park_and_reduce_dq(parked_m0, parked_hq);
         wgmma_wait<1>();
         fence_regs(sacc);
 
@@ -359,14 +352,8 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(bar_empty + s);
 
-        if (C::kLatePark) {
-            parked_m0 = m0;
-            parked_hq = hq;
-        } else {
-            park_and_reduce_dq(m0, hq);
-        }
+        park_and_reduce_dq(m0, hq);
     }
-    if (C::kLatePark && n_iters > 0) park_and_reduce_dq(parked_m0, parked_hq);
     if (lane == 0) bulk_wait_all();  // the reduce-adds have read shared memory before the CTA exits
 
     // ---- epilogue: dK = scale * dS^T Q, dV; this consumer's 64 keys ----

@@ -15,7 +15,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.models.base import TransformerProvider
 from bridge.models.build_checks import (
-    check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
+    check_backend_for_this_machine, check_recompute_support, check_vp_stage,
 )
 from bridge.models.layer_specs import t5_block_specs
 from bridge.distributed import ensure_model_parallel
@@ -31,7 +31,6 @@ def build_t5_model(
     if provider.pipeline_model_parallel_size != 1:
         raise ValueError("T5 with pipeline_model_parallel_size > 1 is not supported by megatron-core 0.16's T5Model; use 1")
     check_vp_stage(provider, vp_stage)
-    check_layer_norm_support(provider)
     check_recompute_support(provider)
     enc_exclude, dec_exclude = provider.excluded_backends("encoder"), provider.excluded_backends("decoder")
     check_backend_for_this_machine(provider, provider.encoder_attention_backend, "T5 encoder", enc_exclude)

@@ -45,11 +45,17 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, top_k: int
     was_training = model.training
     model.eval()
     try:
+        split = _sequence_split(core)
+        max_context -= max_context % split
         for _ in range(max_new_tokens):
             context = ids[-max_context:]
-            tokens = torch.tensor([context], dtype=torch.long, device=device)                 # [1, s]
-            positions = torch.arange(len(context), dtype=torch.long, device=device)[None, :]  # [1, s]
-            logits = _full_vocab(model(tokens, positions, None)[0, -1])[: tokenizer.vocab_size].float()  # [V]
+            # sequence parallelism splits the sequence over the tensor-parallel ranks: fill it up to a multiple
+            # of their count on the right, where causal attention keeps the filler from the positions before it
+            padded = context + [context[-1]] * (-len(context) % split)
+            tokens = torch.tensor([padded], dtype=torch.long, device=device)                 # [1, s]
+            positions = torch.arange(len(padded), dtype=torch.long, device=device)[None, :]  # [1, s]
+            logits = model(tokens, positions, None)[0, len(context) - 1]
+            logits = _full_vocab(logits)[: tokenizer.vocab_size].float()                    # [V]
             next_id = _pick(logits, top_k, temperature, generator)
             ids.append(next_id)
             if stop_at_eos and next_id == tokenizer.eos_id:
@@ -57,6 +63,12 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, top_k: int
     finally:
         model.train(was_training)
     return tokenizer.decode(ids[prompt_len:])
+
+
+def _sequence_split(core) -> int:
+    """How many parts the model splits a sequence into: the tensor-parallel size under sequence parallelism."""
+    config = getattr(core, "config", None)
+    return config.tensor_model_parallel_size if getattr(config, "sequence_parallel", False) else 1
 
 
 def _full_vocab(logits: torch.Tensor) -> torch.Tensor:

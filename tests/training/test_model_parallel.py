@@ -93,6 +93,21 @@ def test_tensor_parallel_two_gpus_trains(tmp_path):
 
 @pytest.mark.gpu
 @two_gpus
+def test_sequence_parallel_two_gpus_follows_tensor_parallel(tmp_path):
+    """TP=2 with sequence parallelism (bridge's torch norms) starts from the same weights as TP=2 without it
+    and follows its losses within bf16 noise; the end-of-run sample (prompt filled up to the split) runs."""
+    plain = _logged_losses(_train_on_gpus(tmp_path, 2, "model.tensor_model_parallel_size=2", "checkpoint.dir=null").stdout)
+    proc = _train_on_gpus(tmp_path, 2, "model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
+                          "checkpoint.dir=null")
+    split = _logged_losses(proc.stdout)
+    assert sorted(split) == sorted(plain) == [5, 10, 15, 20]
+    for step in split:
+        assert abs(split[step] - plain[step]) < 0.05, (split, plain)
+    assert "sample: " in proc.stdout
+
+
+@pytest.mark.gpu
+@two_gpus
 def test_pipeline_parallel_two_gpus_trains_and_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
     proc = _train_on_gpus(tmp_path, 2, "model.pipeline_model_parallel_size=2", f"checkpoint.dir={ckpt}",

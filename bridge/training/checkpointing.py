@@ -49,6 +49,7 @@ from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
 from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
                                                                _replace_state_dict_keys_with_sharded_keys,
                                                                mcore_to_pyt_state_dict)
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
 
 from bridge.distributed import barrier, is_main_process
@@ -274,7 +275,7 @@ def check_model_fits(module, checkpoint: str) -> None:
         raise CheckpointError(f"{checkpoint} cannot be read ({_root_cause(exc)}); it is damaged or not a bridge "
                               "checkpoint") from exc
     tensors, _ = extract_sharded_tensors_and_factories(module.sharded_state_dict())
-    for tensor in tensors.values() if isinstance(tensors, dict) else []:
+    for tensor in nested_values(tensors):  # nested: virtual pipeline chunks (bridge.training.model_chunks)
         if not isinstance(tensor, ShardedTensor):
             continue
         if tensor.key not in saved:

@@ -142,12 +142,16 @@ def test_virtual_pipeline_two_gpus_trains_resumes_and_reshards(tmp_path):
     """PP=2 × VP=2 (4 layers: one per virtual stage, interleaved schedule) trains; its step-10 checkpoint
     resumes at the same layout, at TP=2 and at data parallel 2, and each continues the run's losses."""
     ckpt = tmp_path / "ckpt"
-    vp = ("model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2")
+    # the vocabulary is padded to a multiple of make_vocab_size_divisible_by × TP: 256 × 1 and 128 × 2 give the
+    # same rows, so the embedding reshards
+    vp = ("model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2",
+          "model.make_vocab_size_divisible_by=256")
     proc = _train_on_gpus(tmp_path, 2, *vp, f"checkpoint.dir={ckpt}", "checkpoint.save_interval=10",
                           "checkpoint.keep_last=0", "train.eval_steps=2")
     losses = _logged_losses(proc.stdout)
     assert losses[20] < losses[5] - 0.3, losses
-    for name, layout in (("same", vp), ("tp2", ("model.tensor_model_parallel_size=2",)), ("dp2", ())):
+    tp2 = ("model.tensor_model_parallel_size=2", "model.make_vocab_size_divisible_by=128")
+    for name, layout in (("same", vp), ("tp2", tp2), ("dp2", ("model.make_vocab_size_divisible_by=256",))):
         resumed = _resume_from(tmp_path, ckpt, 10, name, 2, *layout)
         assert sorted(resumed) == [15, 20], (name, resumed)
         for step in (15, 20):  # same weights, optimizer state and data position; TP=2 sums in another order

@@ -63,17 +63,20 @@ class AllReduceDataParallel(torch.nn.Module):
 
 
 def wrap_data_parallel(model: torch.nn.Module, device: torch.device, use_distributed_optimizer: bool,
-                       bucketed: bool = True):
+                       bucketed: bool = True, overlap_grad_reduce: bool = False):
     """``model`` wrapped for data parallelism on ``device`` (see the module docstring). ``bucketed=False``
     (virtual pipeline chunks after the first, as megatron-core's training does) reduces the chunk's gradients
     in one bucket."""
     if device.type != "cuda":
+        if overlap_grad_reduce:
+            raise ValueError("optimizer.overlap_grad_reduce=true needs CUDA (megatron-core's DDP buckets); set it "
+                             "to false for CPU runs")
         return AllReduceDataParallel(model)
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
 
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=overlap_grad_reduce,
         use_distributed_optimizer=use_distributed_optimizer,
         check_for_nan_in_grad=False,  # the trainer checks the loss itself and stops with its own message
     )

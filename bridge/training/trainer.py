@@ -141,7 +141,7 @@ def _build_model(run, env: DistributedEnv, precision: str):
 
             module = Float16Module(chunk.config, chunk)  # casts to bf16/fp16 in, fp32 logits/loss out
         module = wrap_data_parallel(module, env.device, run.optimizer.use_distributed_optimizer,
-                                    bucketed=index == 0)
+                                    bucketed=index == 0, overlap_grad_reduce=run.optimizer.overlap_grad_reduce)
         if env.device.type == "cuda":
             module.broadcast_params()  # identical starting weights on every data-parallel rank
         wrapped.append(module)

@@ -14,16 +14,25 @@ import torch
 Tensor = torch.Tensor
 
 
-def causal_allowed(s_q: int, s_k: int, device) -> Tensor:
-    """[s_q, s_k] bool: query row r may see key c iff c <= r + s_k - s_q (bottom-right aligned)."""
-    rows = torch.arange(s_q, device=device)[:, None]
+def window_allowed(s_q: int, s_k: int, left: int, right: int, causal: bool, device) -> Tensor:
+    """[s_q, s_k] bool for flash-attn's window_size: row r sees key c iff r + s_k - s_q - left <= c <=
+    r + s_k - s_q + right, -1 = unbounded; causal sets right to 0."""
+    rows = torch.arange(s_q, device=device)[:, None] + (s_k - s_q)
     cols = torch.arange(s_k, device=device)[None, :]
-    return cols <= rows + (s_k - s_q)
+    allowed = torch.ones(s_q, s_k, dtype=torch.bool, device=device)
+    if causal:
+        right = 0
+    if left >= 0:
+        allowed &= cols >= rows - left
+    if right >= 0:
+        allowed &= cols <= rows + right
+    return allowed
 
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                        softmax_scale: Optional[float] = None, compute_dtype: torch.dtype = torch.float32):
-    """``softmax(scale * q k^T + mask) v`` computed in ``compute_dtype``.
+                        softmax_scale: Optional[float] = None, compute_dtype: torch.dtype = torch.float32,
+                        window: tuple = (-1, -1)):
+    """``softmax(scale * q k^T + mask) v`` computed in ``compute_dtype``; ``window`` is flash-attn's window_size.
 
     q ``[b, s_q, h, d]``, k/v ``[b, s_k, h_k, d]`` (GQA by repeating K/V here; the kernel must not).
     With ``compute_dtype`` fp32 this is the reference; with the inputs' 16-bit dtype it is PyTorch's own
@@ -37,8 +46,7 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
     k = k.repeat_interleave(h // h_k, dim=2)
     v = v.repeat_interleave(h // h_k, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale  # (b, h, s_q, s_k)
-    allowed = causal_allowed(s_q, s_k, q.device) if causal else torch.ones(s_q, s_k, dtype=torch.bool,
-                                                                             device=q.device)
+    allowed = window_allowed(s_q, s_k, window[0], window[1], causal, q.device)
     row_has_key = allowed.any(dim=-1, keepdim=True)  # (s_q, 1)
     scores = scores.masked_fill(~allowed, float("-inf"))
     lse = torch.logsumexp(scores.float(), dim=-1)  # (b, h, s_q)
@@ -50,7 +58,7 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
 
 def varlen_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                      causal: bool = False, softmax_scale: Optional[float] = None,
-                     compute_dtype: torch.dtype = torch.float32):
+                     compute_dtype: torch.dtype = torch.float32, window: tuple = (-1, -1)):
     """Packed-batch version: q ``[total_q, h, d]``, k/v ``[total_k, h_k, d]``; returns out, lse ``[h, total_q]``."""
     total_q, h, d = q.shape
     out = torch.zeros(total_q, h, d, dtype=compute_dtype, device=q.device)
@@ -61,7 +69,7 @@ def varlen_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
         if q1 == q0:
             continue
         o_i, lse_i = attention_reference(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, softmax_scale,
-                                         compute_dtype)
+                                         compute_dtype, window)
         out[q0:q1] = o_i[0]
         lse[:, q0:q1] = lse_i[0]
     return out, lse

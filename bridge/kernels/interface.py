@@ -2,8 +2,8 @@
 
 Layers, top to bottom:
 
-* ``flash_attn_func`` / ``flash_attn_varlen_func``: the documented entry points (flash-attn's names and
-  argument order, so users recognise them). They validate arguments and pick the softmax scale.
+* ``flash_attn_func`` / ``flash_attn_varlen_func``: the documented entry points (flash-attn 2.x's names and
+  argument order, so a positional flash-attn call means the same here). They validate arguments and pick the softmax scale.
 * ``bridge_kernels::flash_fwd`` / ``bridge_kernels::flash_bwd``: ``torch.library.custom_op`` wrappers
   around the compiled ``torch.ops.bridge_flash`` operators, with fake implementations so ``torch.compile``
   traces through them without running the kernel, and autograd registered on the forward.
@@ -13,6 +13,7 @@ Layers, top to bottom:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Optional, Union
 
@@ -115,20 +116,22 @@ def _flash_fwd(
     deterministic: bool,
     window_left: int = -1,
     window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     # `deterministic` only matters to the backward; it is an argument here so autograd can see it.
     return _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                    deterministic, window_left, window_right)
+                    deterministic, window_left, window_right, softcap, alibi_slopes)
 
 
 def _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-             deterministic=False, window_left=-1, window_right=-1):
+             deterministic=False, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
     return build.load_ops().fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-                                causal, kernel_family(q.device), window_left, window_right)
+                                causal, kernel_family(q.device), window_left, window_right, softcap, alibi_slopes)
 
 
 def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-             causal, deterministic, window_left=-1, window_right=-1):
+             causal, deterministic, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
     # dout is aligned here, on real tensors: autograd often hands over expanded (stride 0) gradients, and
     # under AOT tracing the backward wrapper only sees fake tensors.
     dout = _aligned(dout)
@@ -139,12 +142,12 @@ def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
         )
     return build.load_ops().bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                                 softmax_scale, causal, deterministic, kernel_family(q.device), window_left,
-                                window_right)
+                                window_right, softcap, alibi_slopes)
 
 
 @_flash_fwd.register_fake
 def _flash_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                    deterministic, window_left=-1, window_right=-1):
+                    deterministic, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
     # Mirrors the binding: out = empty_like(q) (same strides), lse fp32 [b, h, s_q] or [h, total_q].
     out = torch.empty_like(q)
     if cu_seqlens_q is None:
@@ -171,22 +174,26 @@ def _flash_bwd(
     deterministic: bool,
     window_left: int = -1,
     window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     dq, dk, dv = _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          softmax_scale, causal, deterministic, window_left, window_right)
+                          softmax_scale, causal, deterministic, window_left, window_right, softcap, alibi_slopes)
     return dq, dk, dv
 
 
 @_flash_bwd.register_fake
 def _flash_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                    softmax_scale, causal, deterministic, window_left=-1, window_right=-1):
+                    softmax_scale, causal, deterministic, window_left=-1, window_right=-1, softcap=0.0,
+                    alibi_slopes=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens_q, cu_seqlens_k, *attrs = inputs  # attrs: max_seqlen_q ... window_right
+    # inputs: q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q ... softcap (plain values), alibi_slopes
+    q, k, v, cu_seqlens_q, cu_seqlens_k, *attrs, alibi_slopes = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
     ctx.attrs = tuple(attrs)
     ctx.mark_non_differentiable(lse)  # the log-sum-exp is an auxiliary output, not part of the graph
 
@@ -195,9 +202,9 @@ def _backward_with(run_bwd):
     """The autograd backward, for either path: the custom op (traced) or the eager function (direct call)."""
 
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
-        dq, dk, dv = run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.attrs)
-        return (dq, dk, dv) + (None,) * (len(ctx.attrs) + 2)
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv = run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.attrs, alibi_slopes)
+        return (dq, dk, dv) + (None,) * (len(ctx.attrs) + 3)  # nothing for cu_seqlens, attrs, alibi_slopes
 
     return backward
 
@@ -211,9 +218,9 @@ class _FlashAttnEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                deterministic, window_left=-1, window_right=-1):
+                deterministic, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
         inputs = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                  deterministic, window_left, window_right)
+                  deterministic, window_left, window_right, softcap, alibi_slopes)
         out, lse = _run_fwd(*inputs)
         _setup_context(ctx, inputs, (out, lse))
         return out, lse
@@ -282,10 +289,15 @@ def check_options(
     """
     if dropout_p != 0.0:
         raise ValueError(f"{fn}: dropout_p={dropout_p} is not supported; the flash kernel has no dropout (use 0.0)")
-    if softcap != 0.0:
-        raise ValueError(f"{fn}: softcap={softcap} is not supported by the flash kernel (use 0.0, or the local backend)")
-    if alibi_slopes is not None:
-        raise ValueError(f"{fn}: alibi_slopes are not supported by the flash kernel (pass None, or use the local backend)")
+    if not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"{fn}: softcap={softcap!r} is not valid; use a finite number >= 0 (0.0 = off)")
+    if alibi_slopes is not None and (not isinstance(alibi_slopes, Tensor) or alibi_slopes.dtype != torch.float32
+                                     or alibi_slopes.dim() not in (1, 2)):
+        raise ValueError(
+            f"{fn}: alibi_slopes must be a float32 tensor [heads] or [batch, heads], got "
+            + (f"{alibi_slopes.dtype} {tuple(alibi_slopes.shape)}" if isinstance(alibi_slopes, Tensor)
+               else type(alibi_slopes).__name__)
+        )
     if return_attn_probs:
         raise ValueError(
             f"{fn}: return_attn_probs=True is not supported (the kernel never materialises the probabilities); "
@@ -300,6 +312,24 @@ def check_options(
             f"{fn}: window_size={tuple(window_size)} is not valid; each side is a number of keys >= 0, or -1 for unbounded"
         )
     return left, right
+
+
+def _check_alibi(fn: str, alibi_slopes: Optional[Tensor], q: Tensor, batch: int) -> None:
+    """alibi_slopes against the call's heads and batch (check_options has checked dtype and rank)."""
+    if alibi_slopes is None:
+        return
+    h = q.shape[-2]
+    if tuple(alibi_slopes.shape) not in ((h,), (batch, h)):
+        raise ValueError(
+            f"{fn}: alibi_slopes must have shape ({h},) or ({batch}, {h}) (heads, or batch x heads), "
+            f"got {tuple(alibi_slopes.shape)}"
+        )
+    if alibi_slopes.device != q.device:
+        raise ValueError(f"{fn}: alibi_slopes is on {alibi_slopes.device} but q is on {q.device}")
+
+
+def _slopes(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
+    return None if alibi_slopes is None else alibi_slopes.detach().contiguous()
 
 
 def flash_attn_func(
@@ -335,7 +365,11 @@ def flash_attn_func(
             ``i + s_k - s_q - left <= j <= i + s_k - s_q + right`` (bottom-right aligned like ``causal``; ``-1``
             = unbounded, the default ``(-1, -1)`` is full attention). With ``causal=True`` the right side is 0.
             Key tiles outside the window are skipped, so the cost grows linearly with the sequence length.
-        softcap, alibi_slopes: must be 0.0 / None (not implemented yet; each is one clear error).
+        softcap: when > 0, the scaled logits ``x`` become ``softcap * tanh(x / softcap)`` before the mask
+            and the softmax (Gemma 2's logit soft-capping); gradients flow through the tanh.
+        alibi_slopes: fp32 ``[heads]`` or ``[batch, heads]``: adds ``-slope * |i + s_k - s_q - j|`` to the
+            (soft-capped) scaled logits of query row ``i`` and key ``j`` (ALiBi, bottom-right aligned); not
+            differentiable. The log-sum-exp includes the bias.
         deterministic: make the backward pass bit-reproducible (slightly slower).
         return_attn_probs: must be False (the probabilities are never materialised).
         return_lse: (keyword only, not in flash-attn) also return the log-sum-exp ``[batch, heads, seqlen_q]``
@@ -346,12 +380,13 @@ def flash_attn_func(
     """
     left, right = check_options("flash_attn_func", dropout_p, window_size, softcap, alibi_slopes, return_attn_probs)
     _check_inputs("flash_attn_func", q, k, v, 4, "[batch, seqlen, heads, head_dim]")
+    _check_alibi("flash_attn_func", alibi_slopes, q, q.shape[0])
     if q.shape[0] != k.shape[0]:
         raise ValueError(f"flash_attn_func: q has batch {q.shape[0]} but k/v have batch {k.shape[0]}")
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     out, lse = _attention(
         _aligned(q), _aligned(k), _aligned(v), None, None, q.shape[1], k.shape[1], scale, bool(causal),
-        bool(deterministic), left, right,
+        bool(deterministic), left, right, float(softcap), _slopes(alibi_slopes),
     )
     return (out, lse) if return_lse else out
 
@@ -395,6 +430,7 @@ def flash_attn_varlen_func(
         "flash_attn_varlen_func", dropout_p, window_size, softcap, alibi_slopes, return_attn_probs
     )
     _check_inputs("flash_attn_varlen_func", q, k, v, 3, "[total_tokens, heads, head_dim]")
+    _check_alibi("flash_attn_varlen_func", alibi_slopes, q, cu_seqlens_q.numel() - 1)
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if cu.dtype != torch.int32 or cu.dim() != 1 or cu.device != q.device:
             raise ValueError(
@@ -410,6 +446,7 @@ def flash_attn_varlen_func(
     out, lse = _attention(
         _aligned(q), _aligned(k), _aligned(v), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
         int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal), bool(deterministic), left, right,
+        float(softcap), _slopes(alibi_slopes),
     )
     return (out, lse) if return_lse else out
 

@@ -31,8 +31,10 @@ def window_allowed(s_q: int, s_k: int, left: int, right: int, causal: bool, devi
 
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
                         softmax_scale: Optional[float] = None, compute_dtype: torch.dtype = torch.float32,
-                        window: tuple = (-1, -1)):
-    """``softmax(scale * q k^T + mask) v`` computed in ``compute_dtype``; ``window`` is flash-attn's window_size.
+                        window: tuple = (-1, -1), softcap: float = 0.0, alibi_slopes: Optional[Tensor] = None):
+    """``softmax(scale * q k^T + mask) v`` computed in ``compute_dtype``; ``window`` is flash-attn's window_size,
+    ``softcap`` caps the scaled logits with ``softcap * tanh(x / softcap)``, ``alibi_slopes`` ([h] or [b, h])
+    then adds ``-slope * |i + s_k - s_q - j|``.
 
     q ``[b, s_q, h, d]``, k/v ``[b, s_k, h_k, d]`` (GQA by repeating K/V here; the kernel must not).
     With ``compute_dtype`` fp32 this is the reference; with the inputs' 16-bit dtype it is PyTorch's own
@@ -46,6 +48,13 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
     k = k.repeat_interleave(h // h_k, dim=2)
     v = v.repeat_interleave(h // h_k, dim=2)
     scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale  # (b, h, s_q, s_k)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        rows = torch.arange(s_q, device=q.device)[:, None] + (s_k - s_q)
+        dist = (rows - torch.arange(s_k, device=q.device)[None, :]).abs().to(scores.dtype)
+        slopes = alibi_slopes.to(scores.dtype).expand(b, h) if alibi_slopes.dim() == 1 else alibi_slopes
+        scores = scores - slopes.to(scores.dtype)[:, :, None, None] * dist
     allowed = window_allowed(s_q, s_k, window[0], window[1], causal, q.device)
     row_has_key = allowed.any(dim=-1, keepdim=True)  # (s_q, 1)
     scores = scores.masked_fill(~allowed, float("-inf"))
@@ -58,7 +67,8 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
 
 def varlen_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                      causal: bool = False, softmax_scale: Optional[float] = None,
-                     compute_dtype: torch.dtype = torch.float32, window: tuple = (-1, -1)):
+                     compute_dtype: torch.dtype = torch.float32, window: tuple = (-1, -1), softcap: float = 0.0,
+                     alibi_slopes: Optional[Tensor] = None):
     """Packed-batch version: q ``[total_q, h, d]``, k/v ``[total_k, h_k, d]``; returns out, lse ``[h, total_q]``."""
     total_q, h, d = q.shape
     out = torch.zeros(total_q, h, d, dtype=compute_dtype, device=q.device)
@@ -68,8 +78,9 @@ def varlen_reference(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor, cu_s
         q0, q1, k0, k1 = cq[i], cq[i + 1], ck[i], ck[i + 1]
         if q1 == q0:
             continue
+        slopes = alibi_slopes if alibi_slopes is None or alibi_slopes.dim() == 1 else alibi_slopes[i:i + 1]
         o_i, lse_i = attention_reference(q[None, q0:q1], k[None, k0:k1], v[None, k0:k1], causal, softmax_scale,
-                                         compute_dtype, window)
+                                         compute_dtype, window, softcap, slopes)
         out[q0:q1] = o_i[0]
         lse[:, q0:q1] = lse_i[0]
     return out, lse

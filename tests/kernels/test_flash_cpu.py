@@ -186,8 +186,8 @@ def test_public_signatures_follow_flash_attn_2():
 @pytest.mark.parametrize("kwargs,message", [
     ({"window_size": (-2, 0)}, r"window_size=\(-2, 0\) is not valid; each side is a number of keys >= 0, or -1"),
     ({"window_size": 5}, r"window_size must be a pair \(left, right\) of ints, got 5"),
-    ({"softcap": 30.0}, r"softcap=30.0 is not supported"),
-    ({"alibi_slopes": torch.ones(2)}, r"alibi_slopes are not supported"),
+    ({"softcap": -1.0}, r"softcap=-1.0 is not valid; use a finite number >= 0"),
+    ({"alibi_slopes": torch.ones(2, dtype=torch.float16)}, r"alibi_slopes must be a float32 tensor \[heads\] or"),
     ({"return_attn_probs": True}, r"return_attn_probs=True is not supported .* return_lse=True"),
 ])
 def test_unsupported_or_invalid_options_are_one_clear_error(kwargs, message):

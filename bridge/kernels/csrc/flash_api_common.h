@@ -49,10 +49,12 @@ void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q, co
 struct Modifiers {
     bool causal;
     int64_t window_left, window_right;  // flash-attn's window_size; -1 = unbounded
+    double softcap;                     // 0 = off
+    std::optional<at::Tensor> alibi_slopes;  // fp32 [h] or [b, h]
 };
 
 // Checks the modifiers (one error line each) against the call's geometry.
-void check_modifiers(const Modifiers& m);
+void check_modifiers(const Modifiers& m, const at::Tensor& q, const Geometry& g);
 
 // Fills everything in QKVParams (pointers, strides, sizes, scale, flags and window bounds, LSE strides of `lse`).
 void fill_qkv_params(QKVParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

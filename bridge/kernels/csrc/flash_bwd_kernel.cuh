@@ -22,6 +22,7 @@
 #include "flash_bwd_prepost.cuh"
 #include "flash_bwd_utils.cuh"
 #include "flash_params.h"
+#include "flash_score_mods.cuh"
 
 namespace bridge_flash {
 namespace bwd {
@@ -190,7 +191,9 @@ __device__ __forceinline__ void st_release(int* p, int v) {
 /// kHeavyFirst: grid (h_k * b, K/V tiles) instead of (K/V tiles, h_k, b). Under a causal mask K/V tile 0 has
 /// the most Q tiles to visit; numbering every head's tile 0 first starts the longest CTAs first, so the last
 /// wave is short ones (GQA loops r heads per CTA, which makes the spread larger).
-template <typename T, int D, int kBlockM_, bool kHeavyFirst>
+/// kMods: soft-cap / ALiBi present (flash_score_mods.cuh); a separate instantiation, so the plain kernel carries
+/// none of their code.
+template <typename T, int D, int kBlockM_, bool kHeavyFirst, bool kMods>
 __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams p) {
     using C = BwdConfig<T, D, kBlockM_>;
     constexpr int kBlockM = C::kBlockM, kBlockN = C::kBlockN, kThreads = C::kThreads;
@@ -331,6 +334,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         // The mask test is hoisted out of the element loop (two copies) rather than a branch per element;
         // measured equal on the H100, kept because unmasked tiles then run no mask code at all.
         uint32_t p16[C::kSMTiles][C::kSNTiles][2];
+        ScoreMods mods{};
+        if constexpr (kMods) mods = score_mods(p, bi, hq);
         auto compute_p = [&](auto mask_tag) {
             constexpr bool kMask = decltype(mask_tag)::value;
 #pragma unroll
@@ -344,10 +349,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
                         (m0 + qr < qs.len && l != -INFINITY) ? l * static_cast<float>(M_LOG2E) : INFINITY;
 #pragma unroll
                     for (int nt = 0; nt < C::kSNTiles; ++nt) {
-                        float pe[2];
+                        float pe[2], th[2];
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
-                            float x = fmaf(acc_s[mt][nt][2 * h + e], scale_log2, -lse2);
+                            float sv = acc_s[mt][nt][2 * h + e];
+                            if constexpr (kMods) {
+                                const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
+                                sv = mods.apply(sv, band_distance(m0 + qr, kc, diag), th[e]);
+                            }
+                            float x = fmaf(sv, scale_log2, -lse2);
                             if constexpr (kMask) {
                                 const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
                                 if (kc >= ks.len || band().masked(m0 + qr, kc)) x = -INFINITY;
@@ -356,6 +366,12 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
                         }
                         p16[mt][nt][h] = ElemTraits<T>::pack(pe[0], pe[1]);
                         *reinterpret_cast<uint32_t*>(sP + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = p16[mt][nt][h];
+                        if constexpr (kMods) {
+                            // The soft-cap derivative waits in this thread's own dS slots until dS is formed.
+                            if (mods.cap_raw != 0.f)
+                                *reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) =
+                                    pack_dtanh(th[0], th[1]);
+                        }
                     }
                 }
             }
@@ -380,9 +396,16 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
                 const float ds = dsum[qr];
 #pragma unroll
                 for (int nt = 0; nt < C::kSNTiles; ++nt) {
-                    const float2 pf = unpack2<T>(p16[mt][nt][h]);
-                    *reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = ElemTraits<T>::pack(
-                        pf.x * (acc_dp[mt][nt][2 * h] - ds), pf.y * (acc_dp[mt][nt][2 * h + 1] - ds));
+                    float2 pf = unpack2<T>(p16[mt][nt][h]);
+                    uint32_t* slot = reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t));
+                    if constexpr (kMods) {
+                        if (mods.cap_raw != 0.f) {  // chain rule through the soft-cap
+                            const float2 f = unpack_dtanh(*slot);
+                            pf.x *= f.x;
+                            pf.y *= f.y;
+                        }
+                    }
+                    *slot = ElemTraits<T>::pack(pf.x * (acc_dp[mt][nt][2 * h] - ds), pf.y * (acc_dp[mt][nt][2 * h + 1] - ds));
                 }
             }
         }

@@ -16,6 +16,7 @@
 #include "flash_launch.h"
 #include "flash_params.h"
 #include "flash_primitives.cuh"
+#include "flash_score_mods.cuh"
 
 namespace bridge_flash {
 
@@ -180,6 +181,26 @@ __device__ __forceinline__ void apply_mask(float (&s)[FwdShape<D>::kMTiles][FwdS
     }
 }
 
+// Soft-cap and ALiBi (flash_score_mods.cuh) on every score of the tile, before the mask.
+template <int D>
+__device__ __forceinline__ void apply_score_mods(float (&s)[FwdShape<D>::kMTiles][FwdShape<D>::kNTiles][4], int row0,
+                                                 int col0, int diag, const ScoreMods& mods, int lane) {
+    using S = FwdShape<D>;
+#pragma unroll
+    for (int mt = 0; mt < S::kMTiles; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < S::kNTiles; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = row0 + mt * 16 + (lane >> 2) + (i >> 1) * 8;
+                const int col = col0 + nt * 8 + (lane & 3) * 2 + (i & 1);
+                float t;
+                s[mt][nt][i] = mods.apply(s[mt][nt][i], band_distance(row, col, diag), t);
+            }
+        }
+    }
+}
+
 // Online softmax over one tile: updates the running max / (thread-partial) sum, rescales O, and packs the
 // probabilities into A fragments for P V. Lanes of a quad share rows, so row maxima are quad-reduced;
 // row sums stay per-lane until the epilogue.
@@ -231,7 +252,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[FwdShape<D>::kMTiles][Fw
 }
 
 // ---- the kernel ----------------------------------------------------------------------------------
-template <typename T, int D>
+// kMods: soft-cap / ALiBi present (a separate instantiation, so the plain kernel carries none of their code).
+template <typename T, int D, bool kMods>
 __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks) flash_fwd_kernel(const __grid_constant__ FwdParams p) {
     using S = FwdShape<D>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -317,6 +339,9 @@ __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks
         }
         cp_async_commit();  // possibly empty: keeps the group count fixed for wait<1> below
 
+        if constexpr (kMods) {
+            apply_score_mods<D>(acc_s, m0 + warp_row0, col0, sk - sq, score_mods(p, bi, hi), lane);
+        }
         // Only tiles crossing the sequence end or an edge of the band need the mask.
         const bool crosses_end = col0 + S::kBlockN > sk;
         if (crosses_end || band().crosses(m0, m_last, col0, col0 + S::kBlockN - 1))

@@ -54,6 +54,13 @@ struct QKVParams {
     int window_left, window_right;
     bool has_window;           // a window narrower than causal / full attention was asked for
 
+    // Score modifiers (mma.sync kernels only; the binding sends calls using them there). With x = scale * q.k:
+    //   softcap > 0: x becomes softcap * tanh(x / softcap)            (0 = off)
+    //   alibi_slopes: then x -= slope[bi, hi] * |r + sk - sq - c|      (nullptr = off; fp32 [h] or [b, h])
+    float softcap;
+    const float* __restrict__ alibi_slopes;
+    int64_t alibi_batch_stride;  // 0 for [h], h for [b, h]
+
     int64_t lse_batch_stride, lse_head_stride;
 };
 

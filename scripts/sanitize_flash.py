@@ -4,7 +4,7 @@
 
 Covers ragged tiles (sequence lengths not multiples of the tiles), GQA, causal with s_q != s_k, varlen with a
 zero-length sequence, the deterministic backward, sliding windows (with and without causal, fixed and varlen,
-deterministic), and both head dims, at sizes small enough for the sanitizer's slowdown.
+deterministic), soft-cap and ALiBi, and both head dims, at sizes small enough for the sanitizer's slowdown.
 """
 
 import sys
@@ -27,8 +27,11 @@ def main() -> int:
             out = flash_attn_func(q, k, v, causal=causal)
             if with_bwd:
                 torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
-        for causal, window in ((False, (20, 7)), (True, (33, 0)), (False, (0, 0))):
-            out = flash_attn_func(q, k, v, causal=causal, window_size=window)
+        slopes = torch.rand(2, 4, device="cuda")
+        for causal, window, mods in ((False, (20, 7), {}), (True, (33, 0), {}), (False, (0, 0), {}),
+                                     (True, (-1, -1), {"softcap": 5.0, "alibi_slopes": slopes}),
+                                     (False, (9, 9), {"alibi_slopes": slopes[0]})):
+            out = flash_attn_func(q, k, v, causal=causal, window_size=window, **mods)
             if with_bwd:
                 torch.autograd.grad(out, (q, k, v), torch.randn_like(out))
         if with_bwd:  # the deterministic backward (mma.sync kernels, ordered dQ adds), also with a window

@@ -64,7 +64,8 @@ def _input_reason(dtype: Optional[torch.dtype], head_dim: Optional[int]) -> Opti
 
 @functools.lru_cache(maxsize=None)
 def _gpu_reason(index: int) -> Optional[str]:
-    """The architecture check of one GPU (cached: it is asked on every call of the public functions)."""
+    """The architecture check of one GPU, the only one: the binding does not repeat it (cached: it is asked on
+    every kernel call, through :func:`kernel_family`)."""
     capability = torch.cuda.get_device_capability(index)
     if capability in build.supported_capabilities():
         return None
@@ -83,14 +84,18 @@ def kernel_family(device: torch.device) -> str:
     ``auto`` or unset = sm90 on an sm_90 GPU and mma elsewhere; ``sm90``; ``mma``. The compiled op receives
     the choice as its ``kernel_family`` argument (it is asked at run time, inside the custom ops, so
     torch.compile never traces it); the op still runs mma.sync where a Hopper kernel declines a call (the
-    deterministic backward, tensors a TMA descriptor cannot describe).
+    deterministic backward, tensors a TMA descriptor cannot describe). Every kernel call passes through here,
+    so this is also where a GPU the kernel was not built for is refused.
     """
     requested = os.environ.get(KERNEL_FAMILY_ENV, "auto").strip() or "auto"
     if requested not in ("auto", "sm90", "mma"):
         raise ValueError(f"{KERNEL_FAMILY_ENV}={requested!r} is not valid; use auto, sm90 or mma")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    reason = _gpu_reason(index)
+    if reason is not None:
+        raise RuntimeError(f"bridge flash: {reason}")
     if requested == "mma":
         return "mma"
-    index = device.index if device.index is not None else torch.cuda.current_device()
     return "sm90" if _capability(index) == (9, 0) else "mma"
 
 

@@ -154,7 +154,17 @@ def test_kernel_family_is_chosen_in_python(monkeypatch, env, capability, family)
     else:
         monkeypatch.setenv("BRIDGE_FLASH_IMPL", env)
     monkeypatch.setattr(interface, "_capability", lambda index: capability)
+    monkeypatch.setattr(interface, "_gpu_reason", lambda index: None)  # a GPU the kernel was built for
     assert interface.kernel_family(torch.device("cuda", 0)) == family
+
+
+def test_every_kernel_call_refuses_a_gpu_the_kernel_was_not_built_for(monkeypatch):
+    """The one architecture check (the binding has none): kernel_family runs on every forward and backward call."""
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    with pytest.raises(RuntimeError, match=r"^bridge flash: GPU Tesla T4 is sm_75, but the flash kernel supports sm_90"):
+        interface.kernel_family(torch.device("cuda", 0))
+    assert "check_arch" not in (Path(build.CSRC_DIR) / "flash_api_common.cpp").read_text()
 
 
 def test_bad_kernel_family_is_one_readable_line(monkeypatch):

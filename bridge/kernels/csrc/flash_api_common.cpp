@@ -31,20 +31,6 @@ bool supported_head_dim(int64_t d) {
     return false;
 }
 
-void check_arch(const at::Tensor& q) {
-    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(q.get_device());
-#ifdef BRIDGE_FLASH_SM80
-    const bool ok = (prop->major == 9 && prop->minor == 0) || prop->major == 8;
-    constexpr const char* kBuilt = "sm_90a and sm_80";
-#else
-    const bool ok = prop->major == 9 && prop->minor == 0;
-    constexpr const char* kBuilt = "sm_90a";
-#endif
-    TORCH_CHECK(ok, kErrorPrefix, "GPU ", prop->name, " has compute capability ", num(prop->major), ".",
-                num(prop->minor), " but the kernel was built for ", kBuilt,
-                " (set BRIDGE_FLASH_ARCHS=90a,80 to add Ampere/Ada)");
-}
-
 void check_on_device(const at::Tensor& t, const char* name, const at::Tensor& q) {
     TORCH_CHECK(t.is_cuda(), kErrorPrefix, name, " must be a CUDA tensor, got one on ", t.device().str());
     TORCH_CHECK(t.device() == q.device(), kErrorPrefix, name, " is on ", t.device().str(), " but q is on ",
@@ -85,7 +71,6 @@ Geometry check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                    const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
                    int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale) {
     TORCH_CHECK(q.is_cuda(), kErrorPrefix, "q must be a CUDA tensor, got one on ", q.device().str());
-    check_arch(q);
     TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf, kErrorPrefix, "dtype ",
                 q.scalar_type(), " is not supported; use bfloat16 or float16");
     TORCH_CHECK(cu_seqlens_q.has_value() == cu_seqlens_k.has_value(), kErrorPrefix,

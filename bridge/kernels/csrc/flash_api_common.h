@@ -1,5 +1,6 @@
 // The checks and parameter filling that the forward and backward bindings share (one error prefix, one
-// head-dim table, one architecture check, one place that turns tensors into QKVParams), in the spirit of
+// head-dim table, one place that turns tensors into QKVParams; the GPU architecture is checked in Python, by
+// interface.kernel_family on every kernel call), in the spirit of
 // flash-attention's set_params_fprop / set_params_dgrad. Defined in flash_api_common.cpp.
 #pragma once
 #include <ATen/ATen.h>
@@ -35,7 +36,7 @@ struct Geometry {
     int64_t b, seqlen_q, seqlen_k, h, h_k, d;
 };
 
-// Checks q, k, v (dtype, layout, alignment, device and its architecture, head dim, GQA heads, batch,
+// Checks q, k, v (dtype, layout, alignment, device, head dim, GQA heads, batch,
 // cu_seqlens, softmax scale) and returns the call's geometry. `what` names the tensors' role in messages
 // ("q, k and v" / "q, k, v, out and dout").
 Geometry check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,

@@ -103,6 +103,23 @@ def assert_within_torch_error(name: str, got: Tensor, ref: Tensor, torch_lowp: T
     assert err <= bound, f"{name}: max error {err:.3e} exceeds {factor}x PyTorch's own error ({bound:.3e})"
 
 
+def grads_of(fn, leaves, dout):
+    """``(fn(*leaves), grads of <fn(...), dout> w.r.t. fresh copies of leaves)``."""
+    leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    out = fn(*leaves)
+    return out, torch.autograd.grad(out, leaves, dout)
+
+
+def assert_fwd_bwd_within_torch_error(out, grads, ref, low, grad_tiny: float = 1e-4) -> None:
+    """The kernel's ``out`` within 2x and ``(dq, dk, dv)`` within 3x PyTorch's 16-bit error; ``ref`` and ``low``
+    are ``grads_of`` results of the fp32 and the 16-bit reference."""
+    (ref_out, ref_grads), (low_out, low_grads) = ref, low
+    assert_within_torch_error("out", out, ref_out, low_out, factor=2.0)
+    for name, g, r, lo in zip(("dq", "dk", "dv"), grads, ref_grads, low_grads):
+        assert g.shape == r.shape and torch.isfinite(g).all(), f"{name}: shape or non-finite values"
+        assert_within_torch_error(name, g, r, lo, factor=3.0, tiny=grad_tiny)
+
+
 def poison_allocator(*nbytes: int) -> None:
     """Leaves NaN-filled blocks of these sizes in PyTorch's CUDA caching allocator.
 

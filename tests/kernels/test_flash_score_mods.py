@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bridge.kernels import flash_attn_func, flash_attn_varlen_func
-from tests.kernels.attention_reference import assert_within_torch_error, attention_reference, varlen_reference
+from tests.kernels.attention_reference import (assert_fwd_bwd_within_torch_error, attention_reference, grads_of,
+                                                varlen_reference)
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,19 +22,11 @@ pytestmark = [
 
 GRAD_TINY = 1e-4
 
-
-def _grads(fn, leaves, dout):
-    leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    out = fn(*leaves)
-    return out, torch.autograd.grad(out, leaves, dout)
+_grads = grads_of
 
 
 def _check(out, grads, ref, low):
-    (ref_out, ref_grads), (low_out, low_grads) = ref, low
-    assert_within_torch_error("out", out, ref_out, low_out, factor=2.0)
-    for name, g, r, lo in zip(("dq", "dk", "dv"), grads, ref_grads, low_grads):
-        assert g.shape == r.shape and torch.isfinite(g).all(), f"{name}: shape or non-finite values"
-        assert_within_torch_error(name, g, r, lo, factor=3.0, tiny=GRAD_TINY)
+    assert_fwd_bwd_within_torch_error(out, grads, ref, low, grad_tiny=GRAD_TINY)
 
 
 def _slopes(shape):

@@ -2,7 +2,8 @@
 
 No mask and causal run through the fixed-length kernel directly on megatron-core's ``[s, b, h, d]``
 tensors (strided views, no copies). Padding masks run through the variable-length path: the real tokens
-are packed, attended with ``cu_seqlens``, and scattered back, padded rows staying zero.
+are packed, attended with ``cu_seqlens``, and scattered back, padded rows staying zero. A sliding window
+(megatron-core's ``window_size``) on any of these is the kernel's own ``window_size``.
 """
 
 from __future__ import annotations
@@ -60,22 +61,23 @@ def flash_attention(
     kernels = _kernel_module()
     sq, b, h, d = query.shape
     sk = key.shape[0]
-    kind = mask.kind
+    if mask.kind == "arbitrary":
+        raise ValueError("the flash backend cannot run an arbitrary dense mask")
+    kind = mask.base_kind  # none, causal, padding or padding_causal; the window is an argument of the kernel
+    window = mask.window if mask.window is not None else (-1, -1)
     if kind in ("none", "causal"):
         out = kernels.flash_attn_func(
             query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1),
-            dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal,
+            dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal, window_size=window,
             deterministic=deterministic,
         )  # (b, sq, h, d)
         return out.transpose(0, 1)
-    if kind not in ("padding", "padding_causal"):
-        raise ValueError(f"the flash backend cannot run a mask of kind {kind!r}")
     q_valid = mask.query_padding if mask.query_padding is not None else query.new_ones(b, sq, dtype=torch.bool)
     k_valid = mask.key_padding if mask.key_padding is not None else query.new_ones(b, sk, dtype=torch.bool)
     out_packed = kernels.flash_attn_varlen_func(
         _packed(query, q_valid), _packed(key, k_valid), _packed(value, k_valid),
         _cu_seqlens(q_valid), _cu_seqlens(k_valid), sq, sk,
-        dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal,
+        dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal, window_size=window,
         deterministic=deterministic,
     )  # (total_q, h, d)
     out = query.new_zeros(b, sq, h, d)

@@ -17,20 +17,8 @@ from test_checkpoints import child_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN = os.path.join(REPO, "scripts", "train.py")
-
-
-def _worker_pid(launcher_pid: int, rank: int) -> int:
-    """The process id of the launcher's worker with ``RANK=rank`` (Linux /proc)."""
-    for task in os.listdir(f"/proc/{launcher_pid}/task"):
-        with open(f"/proc/{launcher_pid}/task/{task}/children") as f:
-            for pid in f.read().split():
-                try:
-                    with open(f"/proc/{pid}/environ", "rb") as env:
-                        if f"RANK={rank}".encode() in env.read().split(b"\0"):
-                            return int(pid)
-                except OSError:
-                    continue
-    raise AssertionError(f"no worker with RANK={rank} under launcher {launcher_pid}")
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+from bench_scaling import worker_pid  # noqa: E402  (scripts/bench_scaling.py: its kill suite does the same)
 
 
 def _losses(text: str) -> dict:
@@ -55,7 +43,7 @@ def test_killed_worker_stops_the_job_with_one_line_and_its_checkpoint_resumes(da
         while not (ckpt / "latest").exists() and launcher.poll() is None and time.time() < deadline:
             time.sleep(0.5)
         assert (ckpt / "latest").exists(), "no checkpoint before the deadline"
-        victim = _worker_pid(launcher.pid, 1)
+        victim = worker_pid(launcher.pid, 1)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.time()
         out, err = launcher.communicate(timeout=120)

@@ -473,21 +473,33 @@ __global__ void __launch_bounds__(128) flash_decode_combine_kernel(const __grid_
 inline int decode_rows(const DecodeParams& p) { return p.seqlen_q * (p.h / p.h_k); }
 inline int decode_mtiles(const DecodeParams& p) { return decode_rows(p) > 16 ? 2 : 1; }
 
+// The kernel for (T, D, MT), allowed its dynamic shared memory (once per process: one device kind).
+template <typename T, int D, int MT>
+auto decode_kernel() {
+    static const bool ready = [] {
+        using S = DecodeShape<D, MT>;
+        if (S::kSmemBytes > 48 * 1024)
+            cudaFuncSetAttribute(flash_decode_kernel<T, D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 S::kSmemBytes);
+        return true;
+    }();
+    (void)ready;
+    return flash_decode_kernel<T, D, MT>;
+}
+
 template <typename T, int D, int MT>
 int decode_ctas_per_sm() {
-    static int cached = 0;  // per (T, D, MT) instantiation; one device kind per process
-    if (cached == 0) {
+    static const int cached = [] {
         using S = DecodeShape<D, MT>;
         int n = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, flash_decode_kernel<T, D, MT>, S::kThreads,
-                                                          S::kSmemBytes) !=
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_kernel<T, D, MT>(), S::kThreads, S::kSmemBytes) !=
                 cudaSuccess ||
             n < 1) {
             (void)cudaGetLastError();
             n = 1;
         }
-        cached = n;
-    }
+        return n;
+    }();
     return cached;
 }
 
@@ -521,8 +533,7 @@ void launch_decode_attention(const DecodeParams& p, cudaStream_t stream) {
     using S = DecodeShape<D, MT>;
     const int m_blocks = (decode_rows(p) + S::kBlockM - 1) / S::kBlockM;
     const dim3 grid(m_blocks * p.num_splits, p.h_k, p.b);
-    auto kernel = flash_decode_kernel<T, D, MT>;
-    if (S::kSmemBytes > 48 * 1024) cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+    auto kernel = decode_kernel<T, D, MT>();
     kernel<<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
 }
 

@@ -8,25 +8,27 @@ torch.distributed comes from the torchrun environment (NCCL on GPU, gloo on CPU;
 is one process); tensor / pipeline sizes come from ``model.*``, the other ranks are data parallel.
 A bad recipe, value or path prints one ``error: ...`` line and exits with status 2; a run that fails (diverged
 loss, unusable checkpoint) prints one line and exits with status 1. ``BRIDGE_FULL_ERROR=1`` shows the
-traceback instead.
+traceback instead. The recipe, and the global batch against the number of processes, are checked before
+torch.distributed starts, so every rank of a bad launch fails at the same point.
 
-Under ``torchrun`` the line is also written to torch elastic's error file, so torchrun's failure report
-quotes it, but torchrun then prints its report and exits with status 1. ``python scripts/train.py
---nproc-per-node=N`` is the launcher mode: it checks the recipe before starting any process, starts the N
-workers with torch's elastic launcher (what torchrun runs), and ends with the workers' one line and their
-exit status.
+``python scripts/train.py --nproc-per-node=N`` is the launcher mode: it checks the recipe before starting any
+process, starts the N workers with torch's elastic launcher (what torchrun runs), and ends with the workers'
+one line and their exit status. Under plain ``torchrun`` the line is printed once (not once per rank) and
+written to torch elastic's error file, but torchrun then adds its own failure report (its ChildFailedError
+traceback and a summary whose root cause quotes the line) and exits with status 1: see
+``bridge/failure_report.py``.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bridge.console import quiet_scripts  # noqa: E402
+from bridge.failure_report import exit_now, one_line, report, worker_status  # noqa: E402
 
 quiet_scripts()
 
@@ -51,26 +53,21 @@ def _setup_logging() -> None:
     bridge_logger.propagate = False
 
 
-def _message(exc: BaseException) -> str:
-    """The first line of ``exc``; for a file-system error, the path and the reason."""
-    if isinstance(exc, OSError) and exc.filename and exc.strerror:
-        return f"{exc.filename}: {exc.strerror}"
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+_failed = False  # set by _fail: the process then ends with exit_now
 
 
 def _fail(exc: BaseException, code: int, every_rank: bool = False) -> int:
+    """Report ``exc`` in one line; the exit status (0 for a torchrun worker that leaves the failure to local rank
+    0, see bridge/failure_report.py)."""
+    global _failed
     if os.environ.get("BRIDGE_FULL_ERROR") == "1":
         raise exc
-    line = f"error: {_message(exc)}"
-    if every_rank or _rank() == 0:
-        where = f"[rank {_rank()}] " if every_rank and int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-        print(f"{where}{line}", file=sys.stderr, flush=True)
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE")  # set by torchrun for each worker
-    if error_file:
-        with open(error_file, "w") as f:
-            json.dump({"message": line, "timestamp": int(time.time())}, f)
-    return code
+    import torch.distributed as dist
+
+    _failed = True
+    line = one_line(exc)
+    report(line, every_rank)
+    return code if dist.is_initialized() else worker_status(line, code)
 
 
 def _check_here(run) -> None:
@@ -78,6 +75,16 @@ def _check_here(run) -> None:
     from bridge.models.build_checks import check_provider_for_this_machine
 
     check_provider_for_this_machine(run.model)
+
+
+def _check_before_start(run, world_size: int) -> None:
+    """What needs only the recipe and the number of processes, checked before any process group exists: the
+    global batch must split over the data-parallel ranks (the run itself settles it again with its group)."""
+    from bridge.training.trainer import batch_plan
+
+    model_parallel = run.model.tensor_model_parallel_size * run.model.pipeline_model_parallel_size
+    if world_size % model_parallel == 0:  # otherwise megatron-core's own check names the sizes
+        batch_plan(dataclasses.replace(run.train), world_size // model_parallel)
 
 
 def _launch(nproc: int, argv) -> int:
@@ -114,6 +121,7 @@ def main(argv=None) -> int:
             print(run_to_yaml(run), flush=True)
             _check_here(run)
             return 0
+        _check_before_start(run, args.nproc_per_node if launching else int(os.environ.get("WORLD_SIZE", "1")))
         if launching:
             worker_argv = [a for i, a in enumerate(argv) if not _is_nproc_arg(argv, i)]
             return _launch(args.nproc_per_node, worker_argv)
@@ -138,4 +146,7 @@ def _is_nproc_arg(argv, i: int) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if _failed:  # end now, so that ranks failing together exit together (bridge/failure_report.py)
+        exit_now(status)
+    sys.exit(status)

@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("kernels", "attention", "data", "models", "interop", "training", "recipes")
 """Subpackages of ``bridge``, lowest first: a module may import from its own layer and the ones before it."""
 
-BASE_MODULES = ("console", "distributed")
-"""Modules directly under ``bridge/`` (process groups, script output): below every subpackage, importing none."""
+BASE_MODULES = ("console", "distributed", "failure_report")
+"""Modules directly under ``bridge/`` (process groups, script output, how a failed script ends): below every subpackage, importing none."""
 
 
 def _module_name(path: Path) -> str:

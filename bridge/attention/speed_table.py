@@ -11,28 +11,28 @@ SOURCE = 'benchmarks/results/backend_speed.json'
 
 # (arch, head dim, mask, min length, faster backend, fwd+bwd TFLOP/s ratio faster / slower)
 ROWS = (
-    ('sm90', 64, 'none', 0, 'fused', 1.36),  # flash 226.6, fused 309.2 TFLOP/s
-    ('sm90', 64, 'none', 1024, 'fused', 1.45),  # flash 268.6, fused 389.1 TFLOP/s
-    ('sm90', 64, 'none', 2048, 'fused', 1.4),  # flash 297.8, fused 415.8 TFLOP/s
-    ('sm90', 64, 'none', 4096, 'fused', 1.4),  # flash 315.2, fused 439.9 TFLOP/s
-    ('sm90', 64, 'none', 8192, 'fused', 1.38),  # flash 327.2, fused 452.1 TFLOP/s
-    ('sm90', 64, 'none', 16384, 'fused', 1.37),  # flash 334.4, fused 457.0 TFLOP/s
-    ('sm90', 64, 'causal', 0, 'fused', 1.4),  # flash 135.0, fused 188.8 TFLOP/s
-    ('sm90', 64, 'causal', 1024, 'fused', 1.39),  # flash 195.1, fused 271.8 TFLOP/s
-    ('sm90', 64, 'causal', 2048, 'fused', 1.37),  # flash 249.5, fused 342.4 TFLOP/s
-    ('sm90', 64, 'causal', 4096, 'fused', 1.38),  # flash 283.0, fused 390.4 TFLOP/s
-    ('sm90', 64, 'causal', 8192, 'fused', 1.34),  # flash 308.8, fused 415.1 TFLOP/s
-    ('sm90', 64, 'causal', 16384, 'fused', 1.31),  # flash 328.4, fused 429.8 TFLOP/s
-    ('sm90', 128, 'none', 0, 'fused', 1.33),  # flash 286.7, fused 381.0 TFLOP/s
-    ('sm90', 128, 'none', 1024, 'fused', 1.31),  # flash 371.8, fused 486.2 TFLOP/s
-    ('sm90', 128, 'none', 2048, 'fused', 1.21),  # flash 419.7, fused 508.9 TFLOP/s
-    ('sm90', 128, 'none', 4096, 'fused', 1.2),  # flash 451.2, fused 541.6 TFLOP/s
-    ('sm90', 128, 'none', 8192, 'fused', 1.19),  # flash 471.3, fused 559.1 TFLOP/s
-    ('sm90', 128, 'none', 16384, 'fused', 1.18),  # flash 477.6, fused 562.0 TFLOP/s
-    ('sm90', 128, 'causal', 0, 'fused', 1.32),  # flash 182.4, fused 240.4 TFLOP/s
-    ('sm90', 128, 'causal', 1024, 'fused', 1.29),  # flash 270.7, fused 349.5 TFLOP/s
-    ('sm90', 128, 'causal', 2048, 'fused', 1.26),  # flash 351.9, fused 441.7 TFLOP/s
-    ('sm90', 128, 'causal', 4096, 'fused', 1.22),  # flash 393.4, fused 480.7 TFLOP/s
-    ('sm90', 128, 'causal', 8192, 'fused', 1.18),  # flash 434.7, fused 511.6 TFLOP/s
-    ('sm90', 128, 'causal', 16384, 'fused', 1.15),  # flash 470.9, fused 542.5 TFLOP/s
+    ('sm90', 64, 'none', 0, 'fused', 1.24),  # flash 246.6, fused 306.6 TFLOP/s
+    ('sm90', 64, 'none', 1024, 'fused', 1.27),  # flash 301.8, fused 384.3 TFLOP/s
+    ('sm90', 64, 'none', 2048, 'fused', 1.21),  # flash 345.3, fused 417.8 TFLOP/s
+    ('sm90', 64, 'none', 4096, 'fused', 1.19),  # flash 368.6, fused 438.7 TFLOP/s
+    ('sm90', 64, 'none', 8192, 'fused', 1.17),  # flash 384.2, fused 450.8 TFLOP/s
+    ('sm90', 64, 'none', 16384, 'fused', 1.17),  # flash 390.2, fused 457.2 TFLOP/s
+    ('sm90', 64, 'causal', 0, 'fused', 1.26),  # flash 148.6, fused 187.6 TFLOP/s
+    ('sm90', 64, 'causal', 1024, 'fused', 1.28),  # flash 211.8, fused 270.9 TFLOP/s
+    ('sm90', 64, 'causal', 2048, 'fused', 1.2),  # flash 283.1, fused 339.2 TFLOP/s
+    ('sm90', 64, 'causal', 4096, 'fused', 1.21),  # flash 326.7, fused 396.0 TFLOP/s
+    ('sm90', 64, 'causal', 8192, 'fused', 1.15),  # flash 361.6, fused 417.4 TFLOP/s
+    ('sm90', 64, 'causal', 16384, 'fused', 1.14),  # flash 383.1, fused 437.9 TFLOP/s
+    ('sm90', 128, 'none', 0, 'fused', 1.2),  # flash 315.6, fused 380.2 TFLOP/s
+    ('sm90', 128, 'none', 1024, 'fused', 1.18),  # flash 408.8, fused 482.5 TFLOP/s
+    ('sm90', 128, 'none', 2048, 'fused', 1.09),  # flash 460.5, fused 502.2 TFLOP/s
+    ('sm90', 128, 'none', 4096, 'fused', 1.07),  # flash 504.4, fused 537.6 TFLOP/s
+    ('sm90', 128, 'none', 8192, 'fused', 1.06),  # flash 526.1, fused 558.6 TFLOP/s
+    ('sm90', 128, 'none', 16384, 'fused', 1.06),  # flash 531.3, fused 562.5 TFLOP/s
+    ('sm90', 128, 'causal', 0, 'fused', 1.26),  # flash 190.5, fused 240.2 TFLOP/s
+    ('sm90', 128, 'causal', 1024, 'fused', 1.19),  # flash 292.6, fused 347.7 TFLOP/s
+    ('sm90', 128, 'causal', 2048, 'fused', 1.14),  # flash 383.6, fused 438.0 TFLOP/s
+    ('sm90', 128, 'causal', 4096, 'fused', 1.07),  # flash 447.3, fused 479.4 TFLOP/s
+    ('sm90', 128, 'causal', 8192, 'fused', 1.05),  # flash 488.4, fused 511.2 TFLOP/s
+    ('sm90', 128, 'causal', 16384, 'fused', 1.05),  # flash 517.5, fused 544.3 TFLOP/s
 )

@@ -115,10 +115,7 @@ def nvcc_flags() -> list[str]:
 
 def binding_cflags() -> list[str]:
     """C++ flags of the torch bindings (csrc/*.cpp)."""
-    flags = ["-O3", "-std=c++17", "-DBRIDGE_FLASH_HEAD_DIMS=" + ",".join(str(d) for d in HEAD_DIMS)]
-    if "80" in target_archs():
-        flags.append("-DBRIDGE_FLASH_SM80")
-    return flags
+    return ["-O3", "-std=c++17", "-DBRIDGE_FLASH_HEAD_DIMS=" + ",".join(str(d) for d in HEAD_DIMS)]
 
 
 def load_ops():

@@ -68,8 +68,9 @@ def check_recompute_support(provider: TransformerProvider) -> None:
 
 
 def check_provider_for_this_machine(provider: TransformerProvider) -> None:
-    """The checks ``provide()`` makes before building, without building anything (``scripts/train.py --cfg``):
-    every explicit attention backend of the model must be able to run here."""
+    """The checks made before a model is built: by the builders (``provide()``) and, without building anything,
+    by ``scripts/train.py --cfg``. Every explicit attention backend of the model must be able to run here; the
+    answer comes from :mod:`bridge.attention.selection`, which the layers ask again for their real inputs."""
     check_layer_norm_support(provider)
     check_recompute_support(provider)
     if hasattr(provider, "encoder_attention_backend"):  # T5: one backend per stack

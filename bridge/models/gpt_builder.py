@@ -13,9 +13,7 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.models.base import TransformerProvider
-from bridge.models.build_checks import (
-    check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
-)
+from bridge.models.build_checks import check_provider_for_this_machine, check_vp_stage
 from bridge.models.layer_specs import gpt_layer_spec
 from bridge.distributed import ensure_model_parallel
 from bridge.models.placement import place_model
@@ -31,10 +29,8 @@ def build_gpt_model(
     vp_stage: Optional[int] = None,
 ) -> GPTModel:
     provider.validate()
-    check_layer_norm_support(provider)
-    check_recompute_support(provider)
+    check_provider_for_this_machine(provider)
     exclude = provider.excluded_backends()
-    check_backend_for_this_machine(provider, provider.attention_backend, "GPT", exclude)
     vocab = provider.padded_vocab_size
     ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size,
                           virtual_pipeline_parallel_size=provider.virtual_pipeline_model_parallel_size)

@@ -14,9 +14,7 @@ from megatron.core.models.T5 import T5Model
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.models.base import TransformerProvider
-from bridge.models.build_checks import (
-    check_backend_for_this_machine, check_layer_norm_support, check_recompute_support, check_vp_stage,
-)
+from bridge.models.build_checks import check_provider_for_this_machine, check_vp_stage
 from bridge.models.layer_specs import t5_block_specs
 from bridge.distributed import ensure_model_parallel
 from bridge.models.placement import place_model
@@ -31,11 +29,8 @@ def build_t5_model(
     if provider.pipeline_model_parallel_size != 1:
         raise ValueError("T5 with pipeline_model_parallel_size > 1 is not supported by megatron-core 0.16's T5Model; use 1")
     check_vp_stage(provider, vp_stage)
-    check_layer_norm_support(provider)
-    check_recompute_support(provider)
+    check_provider_for_this_machine(provider)
     enc_exclude, dec_exclude = provider.excluded_backends("encoder"), provider.excluded_backends("decoder")
-    check_backend_for_this_machine(provider, provider.encoder_attention_backend, "T5 encoder", enc_exclude)
-    check_backend_for_this_machine(provider, provider.decoder_attention_backend, "T5 decoder", dec_exclude)
     vocab = provider.padded_vocab_size
     ensure_model_parallel(provider.tensor_model_parallel_size, provider.pipeline_model_parallel_size)
     kwargs = provider.transformer_config_kwargs()

@@ -106,3 +106,18 @@ def test_embedded_default_is_an_indexed_dataset(cache_dir):
     text = tok.decode(train[0]["tokens"].tolist())
     assert sum(c.isalpha() for c in text) > 60  # prose, not noise
     assert os.path.exists(os.path.join(cache_dir, "embedded_corpus"))
+
+
+def test_the_script_prints_only_its_result(tmp_path):
+    """No megatron-core notices about Transformer Engine / Apex before the one result line (README command)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"text": "hello world"}\n{"text": "second doc"}\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "preprocess_data.py"), "--input", str(source),
+                           "--output-prefix", str(tmp_path / "data" / "docs")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "" and proc.stdout.startswith("wrote "), (proc.stdout, proc.stderr)

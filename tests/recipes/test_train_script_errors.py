@@ -60,20 +60,35 @@ def test_cfg_with_flash_on_a_cpu_says_it_cannot_run(tmp_path):
     assert "attention_backend: flash" in proc.stdout  # the config itself is valid and printed
 
 
-@pytest.mark.slow
-def test_launcher_mode_ends_with_the_workers_one_line_and_exit_2(tmp_path):
+def test_launcher_mode_checks_the_batch_before_starting_workers(tmp_path):
     proc = _run([sys.executable, str(TRAIN), "--nproc-per-node=2", "--config-name", "gpt_pretrain", *QUICK,
                  "train.global_batch_size=8", "train.micro_batch_size=8"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert _last_line(proc.stderr) == ("error: train.global_batch_size=8 is not a multiple of train.micro_batch_size=8 "
                                        "× data-parallel size 2 = 16; use a multiple of 16")
+    assert "OMP_NUM_THREADS" not in proc.stderr  # no worker was started (torch's launcher warns when it starts)
+
+
+@pytest.mark.slow
+def test_launcher_mode_ends_with_the_workers_one_line_and_exit_2(tmp_path):
+    proc = _run([sys.executable, str(TRAIN), "--nproc-per-node=2", "--config-name", "gpt_pretrain", *QUICK,
+                 f"data.paths=[{tmp_path}/nowhere/docs]"], tmp_path)  # found by the workers, not the launcher
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = _last_line(proc.stderr)
+    assert line.startswith(f"error: indexed dataset '{tmp_path}/nowhere/docs' is incomplete"), proc.stderr[-3000:]
+    assert proc.stderr.count(line) == 1  # once, not once per rank
     assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.slow
-def test_torchrun_report_quotes_the_one_line(tmp_path):
+def test_torchrun_prints_the_line_once_and_its_report_has_one_failure(tmp_path):
+    """Plain torchrun always ends a failed launch with its own report and status 1 (README, Errors and data safety);
+    what bridge controls: the line once, the report's single failure is it with status 2, no SIGTERMed rank."""
+    line = "error: unknown config key 'model.num_layer'; did you mean 'model.num_layers'?"
     proc = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
-                 str(TRAIN), "--config-name", "gpt_pretrain", *QUICK, "train.global_batch_size=8",
-                 "train.micro_batch_size=8"], tmp_path)
-    assert proc.returncode != 0
-    assert "traceback : error: train.global_batch_size=8 is not a multiple" in proc.stderr, proc.stderr[-3000:]
+                 str(TRAIN), "--config-name", "gpt_pretrain", *QUICK, "model.num_layer=2"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.splitlines().count(line) == 1, proc.stderr[-3000:]
+    assert f"traceback : {line}" in proc.stderr and "exitcode  : 2" in proc.stderr, proc.stderr[-3000:]
+    assert "<NO_OTHER_FAILURES>" in proc.stderr and "SIGTERM" not in proc.stderr, proc.stderr[-3000:]
+    assert "message format" not in proc.stderr

@@ -1,5 +1,6 @@
 // The checks and parameter filling that the forward and backward bindings share (one error prefix, one
-// head-dim table, one architecture check, one place that turns tensors into QKVParams), in the spirit of
+// head-dim table, one place that turns tensors into QKVParams; the GPU architecture is checked in Python, by
+// interface.kernel_family on every kernel call), in the spirit of
 // flash-attention's set_params_fprop / set_params_dgrad. Defined in flash_api_common.cpp.
 #pragma once
 #include <ATen/ATen.h>
@@ -35,7 +36,7 @@ struct Geometry {
     int64_t b, seqlen_q, seqlen_k, h, h_k, d;
 };
 
-// Checks q, k, v (dtype, layout, alignment, device and its architecture, head dim, GQA heads, batch,
+// Checks q, k, v (dtype, layout, alignment, device, head dim, GQA heads, batch,
 // cu_seqlens, softmax scale) and returns the call's geometry. `what` names the tensors' role in messages
 // ("q, k and v" / "q, k, v, out and dout").
 Geometry check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -45,10 +46,24 @@ Geometry check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 // The same layout and dtype checks as q gets, for another q-shaped tensor (out, dout).
 void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q, const Geometry& g);
 
-// Fills everything in QKVParams (pointers, strides, sizes, scale, flags, LSE strides of `lse`).
+// The score modifiers of one call (masks beyond padding), as the ops receive them.
+struct Modifiers {
+    bool causal;
+    int64_t window_left, window_right;  // flash-attn's window_size; -1 = unbounded
+    double softcap;                     // 0 = off
+    std::optional<at::Tensor> alibi_slopes;  // fp32 [h] or [b, h]
+};
+
+// Checks the modifiers (one error line each) against the call's geometry.
+void check_modifiers(const Modifiers& m, const at::Tensor& q, const Geometry& g);
+
+// Fills everything in QKVParams (pointers, strides, sizes, scale, flags and window bounds, LSE strides of `lse`).
 void fill_qkv_params(QKVParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
-                     const Geometry& g, double softmax_scale, bool causal, const at::Tensor& lse);
+                     const Geometry& g, double softmax_scale, const Modifiers& mods, const at::Tensor& lse);
+
+// Whether the Hopper kernels implement everything this call asks for (else the mma.sync kernels run it).
+bool hopper_supports(const QKVParams& p);
 
 // Batch / row / head strides of a q-shaped tensor (varlen tensors have no batch stride).
 void set_strides(const at::Tensor& t, bool varlen, int64_t& batch, int64_t& row, int64_t& head);

@@ -9,9 +9,9 @@
 //   warpgroups 1, 2 (consumers): 64 keys each. The scores are computed transposed, S^T = K Q^T, so the
 //     probabilities P^T and dS^T come out of the accumulators already in the A-operand layout of
 //     dV += P^T dO and dK += dS^T Q (wgmma with A from registers). dS is written to shared memory
-//     (stmatrix, transposed back) for dQ = dS K, which is reduced into the fp32 accumulator in global memory
-//     one tile late: parked in shared memory, then added with 16-byte reductions while the tensor cores
-//     compute the next tile's S and dP.
+//     (stmatrix, transposed back) for dQ = dS K. Each warp parks its dQ fragment in shared memory and one
+//     lane hands it to the copy engine as TMA reduce-adds into the fp32 accumulator in global memory, so
+//     the reductions cost the math warps two instructions per tile instead of a stream of atomics.
 // dQ's product: d = 128 splits dQ's columns between the two consumers (each sums over all 128 keys, so they
 // meet at a named barrier once both halves of dS are in shared memory); d = 64 gives each consumer its own
 // 64 keys and the two partial sums both go to the accumulator.
@@ -56,50 +56,29 @@ struct BwdConfig {
     static constexpr int kOffQ = 2 * kKVBytes;
     static constexpr int kOffDO = kOffQ + kStages * kQBytes;
     static constexpr int kOffDS = kOffDO + kStages * kQBytes;
-    static constexpr int kOffLse = kOffDS + 2 * kDSBytes;
-    static constexpr int kOffDsum = kOffLse + kStages * kBlockM * 4;
-    // dQ parking: per consumer warp, its 16 rows of each m64 row block of dQ, 64 fp32 columns (4 KB swizzled)
-    static constexpr int kOffDq = kOffDsum + kStages * kBlockM * 4;
+    // dQ parking: per consumer warp, its 16 rows of each m64 row block of dQ, 64 fp32 columns, as two TMA
+    // boxes of 16 rows x 32 columns (2 KB each, 128-byte swizzle)
+    static constexpr int kOffDq = kOffDS + 2 * kDSBytes;
     static constexpr int kDqWarpFloats = kDqRowBlocks * 16 * 64;
-    static constexpr int kOffBar = kOffDq + 4 * kConsumers * kDqWarpFloats * 4;
+    static constexpr int kOffLse = kOffDq + 4 * kConsumers * kDqWarpFloats * 4;
+    static constexpr int kOffDsum = kOffLse + kStages * kBlockM * 4;
+    static constexpr int kOffBar = kOffDsum + kStages * kBlockM * 4;
     static constexpr int kSmemBytes = kOffBar + 128 + 1024;
     static constexpr int kProducerRegs = 40;
     static constexpr int kConsumerRegs = 232;
+    static_assert(kOffDq % 1024 == 0, "parked dQ boxes must sit on 1024-byte boundaries (128-byte swizzle)");
 };
 
 struct BwdKernelParams {
     BwdParams p;
     CUtensorMap tma_q, tma_k, tma_v, tma_do;
+    CUtensorMap tma_dq;  // the fp32 dQ accumulator, target of the parked tiles' reduce-adds
 };
 
-__device__ __forceinline__ void red_add_v4(float* addr, float4 v) {
-    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"l"(addr), "f"(v.x), "f"(v.y), "f"(v.z),
-                 "f"(v.w)
-                 : "memory");
-}
-
-// A warp's parked dQ tile: rows r = 0..15 (+ 16 * row block) of 64 floats; the 16-byte chunk k of row r sits
-// at chunk position k ^ (r & 7), so the fragment stores (8 rows per instruction) hit distinct banks.
-__device__ __forceinline__ int dq_park_offset(int r, int k) { return r * 64 + ((k ^ (r & 7)) << 2); }
-
-// Reduce one warp's parked dQ tile into the accumulator: lanes 0-15 and 16-31 each take a 256-byte row, so
-// each reduction is 16 bytes and a warp covers two whole rows per instruction.
-template <int kRowBlocks>
-__device__ __forceinline__ void flush_parked_dq(const float* park, float* acc, int64_t row_step, int row0, int sq,
-                                                int lane) {
-    __syncwarp();  // every lane's fragment is parked
-#pragma unroll
-    for (int rb = 0; rb < kRowBlocks; ++rb)
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const int r = 2 * i + lane / 16, k = lane % 16;
-            const int row = row0 + 64 * rb + r;
-            if (row < sq) {
-                const float4 v = *reinterpret_cast<const float4*>(park + rb * 16 * 64 + dq_park_offset(r, k));
-                red_add_v4(acc + row * row_step + 4 * k, v);
-            }
-        }
-}
+// A warp's parked dQ tile, rows r = 0..15 (+ 16 * row block) of 64 floats, as two boxes of 32 columns with
+// 128-byte rows: 16-byte chunk k (of 16) of row r sits in box k / 8 at chunk position (k % 8) ^ (r & 7), the
+// 128-byte swizzle of the dQ tensor map; the 8 rows of a fragment store land in distinct banks.
+__device__ __forceinline__ int dq_park_offset(int r, int k) { return (k >> 3) * 512 + r * 32 + (((k & 7) ^ (r & 7)) << 2); }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
@@ -221,15 +200,39 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
 
     const uint32_t k_addr = smem_addr(sK) + 64 * c * 128;  // this consumer's 64 key rows (K-major A operand)
     const uint32_t v_addr = smem_addr(sV) + 64 * c * 128;
-    // dQ partials go to the fp32 accumulator [rows, h, D] one tile late: each warp parks its fragment in
-    // shared memory and reduces it while the tensor cores compute the next tile's S and dP.
-    const int64_t row_step = static_cast<int64_t>(p.h) * D;
+    // dQ partials go to the fp32 accumulator [rows, h, D]: each warp parks its fragment in shared memory and
+    // lane 0 issues TMA reduce-adds of it (asynchronous: the parking buffer is reused only once they have read
+    // it). Rows past the sequence hold exact zeros (their P and dS are 0), so adding them is harmless, and the
+    // map's bounds clip rows past the accumulator.
     const int dq_col0 = C::kSplitDqCols ? 64 * c : 0;
-    auto dq_acc = [&](int head) {
-        return p.dq_accum + (bwd::accum_row(varlen, bi, q_start, p.seqlen_q, 0) * p.h + head) * D + dq_col0;
-    };
     float* dq_park = reinterpret_cast<float*>(smem + C::kOffDq) + (4 * c + warp) * C::kDqWarpFloats;
-    int parked_m0 = 0, parked_hq = 0;  // the query tile whose dQ is parked
+    float dq[C::kDqRowBlocks][32];
+    auto park_and_reduce_dq = [&](int tile_m0, int head) {
+        if (lane == 0) bulk_wait_read();  // the previous reduce has read the parking buffer
+        __syncwarp();
+#pragma unroll
+        for (int rb = 0; rb < C::kDqRowBlocks; ++rb)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    const int r = g + 8 * hh;
+                    *reinterpret_cast<float2*>(dq_park + rb * 16 * 64 + dq_park_offset(r, 2 * j + t / 2) + 2 * (t & 1)) =
+                        make_float2(dq[rb][4 * j + 2 * hh], dq[rb][4 * j + 2 * hh + 1]);
+                }
+        fence_proxy_async();  // the copy engine reads what the generic proxy wrote
+        __syncwarp();
+        if (lane == 0) {
+            const int row0 = static_cast<int>(bwd::accum_row(varlen, bi, q_start, p.seqlen_q, tile_m0 + 16 * warp));
+#pragma unroll
+            for (int rb = 0; rb < C::kDqRowBlocks; ++rb)
+#pragma unroll
+                for (int box = 0; box < 2; ++box)
+                    tma_reduce_add_3d(&kp.tma_dq, dq_park + rb * 16 * 64 + box * 512, dq_col0 + 32 * box,
+                                      row0 + 64 * rb, head);
+            bulk_commit();
+        }
+    };
     if (n_iters > 0) mbar_wait(bar_kv, 0);
     for (int it = 0; it < n_iters; ++it) {
         const int hq = hk * group + it / n_m;
@@ -248,8 +251,6 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         wgmma_commit();
         gemm_ss_k_major<T, C::kBlockM, D>(dpacc, v_addr, C::kBlockN, do_addr, C::kBlockM);
         wgmma_commit();
-        if (it > 0)
-            flush_parked_dq<C::kDqRowBlocks>(dq_park, dq_acc(parked_hq), row_step, parked_m0 + 16 * warp, sq, lane);
         wgmma_wait<1>();
         fence_regs(sacc);
 
@@ -326,7 +327,6 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         }
 
         // dQ (partial) = dS K: [kBlockM x 64] per consumer, in m64 row blocks.
-        float dq[C::kDqRowBlocks][32];
 #pragma unroll
         for (int rb = 0; rb < C::kDqRowBlocks; ++rb) {
             const int key0 = C::kSplitDqCols ? 0 : 64 * c;        // keys summed by this consumer
@@ -352,22 +352,9 @@ __global__ void __launch_bounds__(BwdConfig<T, D>::kThreads, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(bar_empty + s);
 
-        __syncwarp();  // the previous tile's parked dQ has been read by every lane
-#pragma unroll
-        for (int rb = 0; rb < C::kDqRowBlocks; ++rb)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    const int r = g + 8 * hh;
-                    *reinterpret_cast<float2*>(dq_park + rb * 16 * 64 + dq_park_offset(r, 2 * j + t / 2) + 2 * (t & 1)) =
-                        make_float2(dq[rb][4 * j + 2 * hh], dq[rb][4 * j + 2 * hh + 1]);
-                }
-        parked_m0 = m0;
-        parked_hq = hq;
+        park_and_reduce_dq(m0, hq);
     }
-    if (n_iters > 0)
-        flush_parked_dq<C::kDqRowBlocks>(dq_park, dq_acc(parked_hq), row_step, parked_m0 + 16 * warp, sq, lane);
+    if (lane == 0) bulk_wait_all();  // the reduce-adds have read shared memory before the CTA exits
 
     // ---- epilogue: dK = scale * dS^T Q, dV; this consumer's 64 keys ----
     T* dk_out = static_cast<T*>(p.dk) + (varlen ? k_start * p.dk_row_stride : bi * p.dk_batch_stride) + hk * p.dk_head_stride;
@@ -417,6 +404,8 @@ bool run_flash_bwd_sm90(BwdParams& params, cudaStream_t stream) {
                          params.v_head_stride, params.v_batch_stride, C::kBlockN)) {
         return false;
     }
+    const int64_t rows_accum = varlen ? params.total_q : static_cast<int64_t>(params.b) * params.seqlen_q;
+    if (!make_dq_accum_map(&kp.tma_dq, params.dq_accum, D, rows_accum, params.h, 16)) return false;
     kp.p = params;
     if (params.seqlen_q > 0) {
         const dim3 grid((params.seqlen_q + bwd::kPrepostRows - 1) / bwd::kPrepostRows, params.h, params.b);

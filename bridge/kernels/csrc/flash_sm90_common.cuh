@@ -152,13 +152,28 @@ __device__ __forceinline__ void stmatrix_x4(uint32_t addr, uint32_t r0, uint32_t
                  : "memory");
 }
 
+// ---- TMA reduce-add (shared -> global), bulk async-groups ----------------------------------------------
+// Adds the box at (c0 = column, c1 = row, c2 = head) of a 3-D fp32 tensor map to global memory, element by
+// element atomically; `src` holds the box in the map's (swizzled) layout. Completion is tracked per thread
+// with bulk async-groups: commit after issuing, wait_read before the source is overwritten.
+__device__ __forceinline__ void tma_reduce_add_3d(const CUtensorMap* map, const void* src, int c0, int c1, int c2) {
+    asm volatile(
+        "cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];\n" ::"l"(
+            reinterpret_cast<uint64_t>(map)),
+        "r"(smem_addr(src)), "r"(c0), "r"(c1), "r"(c2)
+        : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;\n" ::: "memory"); }
+// The shared-memory sources of every committed bulk operation have been read.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory"); }
+// Every committed bulk operation has completed (its global writes are done).
+__device__ __forceinline__ void bulk_wait_all() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
+
 // ---- host: tensor maps -------------------------------------------------------------------------------
-// A 4-D map over a 16-bit tensor addressed as (head-dim column, row, head, batch) with element strides
-// row/head/batch, box {64, box_rows, 1, 1}, 128-byte swizzle. Returns false if the driver entry point is
-// missing or rejects the layout (e.g. a stride that is not a multiple of 16 bytes); callers then take the
-// mma.sync kernels instead.
-inline bool make_tensor_map(CUtensorMap* map, const void* base, int d, int64_t rows, int heads, int batch,
-                            int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
+// Encodes a tiled tensor map with 128-byte swizzle (dims, strides in bytes for dims 1.., box in elements).
+// Returns false if the driver entry point is missing or rejects the layout.
+inline bool encode_tiled_map(CUtensorMap* map, CUtensorMapDataType dtype, int rank, const void* base,
+                             const cuuint64_t* dims, const cuuint64_t* strides, const cuuint32_t* box) {
     using EncodeFn = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
                                   const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
                                   CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -172,7 +187,20 @@ inline bool make_tensor_map(CUtensorMap* map, const void* base, int d, int64_t r
         }
         return reinterpret_cast<EncodeFn>(fn);
     }();
-    if (encode == nullptr || rows <= 0) return false;
+    if (encode == nullptr) return false;
+    const cuuint32_t elem_strides[5] = {1, 1, 1, 1, 1};
+    const CUresult r = encode(map, dtype, rank, const_cast<void*>(base), dims, strides, box, elem_strides,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS;
+}
+
+// A 4-D map over a 16-bit tensor addressed as (head-dim column, row, head, batch) with element strides
+// row/head/batch, box {64, box_rows, 1, 1}, 128-byte swizzle. Returns false if the driver rejects the layout
+// (e.g. a stride that is not a multiple of 16 bytes); callers then take the mma.sync kernels instead.
+inline bool make_tensor_map(CUtensorMap* map, const void* base, int d, int64_t rows, int heads, int batch,
+                            int64_t row_stride, int64_t head_stride, int64_t batch_stride, int box_rows) {
+    if (rows <= 0) return false;
     // A dimension of extent 1 is never stepped over; give it a harmless legal stride.
     auto stride_bytes = [](int64_t extent, int64_t stride) -> cuuint64_t {
         return static_cast<cuuint64_t>(extent <= 1 && stride <= 0 ? 16 : stride * 2);
@@ -182,11 +210,18 @@ inline bool make_tensor_map(CUtensorMap* map, const void* base, int d, int64_t r
     const cuuint64_t strides[3] = {stride_bytes(rows, row_stride), stride_bytes(heads, head_stride),
                                    stride_bytes(batch, batch_stride)};
     const cuuint32_t box[4] = {64, static_cast<cuuint32_t>(box_rows), 1, 1};
-    const cuuint32_t elem_strides[4] = {1, 1, 1, 1};
-    const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, const_cast<void*>(base), dims, strides, box,
-                              elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    return r == CUDA_SUCCESS;
+    return encode_tiled_map(map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 4, base, dims, strides, box);
+}
+
+// The backward's fp32 dQ accumulator [rows, heads, d] (contiguous) as a 3-D map (column, row, head) with a
+// {32, box_rows, 1} box: 128-byte rows, the widest box a 128-byte swizzle allows for 4-byte elements.
+inline bool make_dq_accum_map(CUtensorMap* map, float* base, int d, int64_t rows, int heads, int box_rows) {
+    if (rows <= 0) return false;
+    const cuuint64_t dims[3] = {static_cast<cuuint64_t>(d), static_cast<cuuint64_t>(rows),
+                                static_cast<cuuint64_t>(heads)};
+    const cuuint64_t strides[2] = {static_cast<cuuint64_t>(heads) * d * 4, static_cast<cuuint64_t>(d) * 4};
+    const cuuint32_t box[3] = {32, static_cast<cuuint32_t>(box_rows), 1};
+    return encode_tiled_map(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, base, dims, strides, box);
 }
 
 }  // namespace sm90

@@ -151,7 +151,8 @@ def init_distributed(run) -> DistributedEnv:
         torch.cuda.set_device(device)
     init_process_group(device.type == "cuda")
     tp, pp = run.model.tensor_model_parallel_size, run.model.pipeline_model_parallel_size
-    ensure_model_parallel(tp, pp, seed=run.train.seed)
+    ensure_model_parallel(tp, pp, seed=run.train.seed,
+                          virtual_pipeline_parallel_size=run.model.virtual_pipeline_model_parallel_size)
     return DistributedEnv(
         rank=dist.get_rank(),
         world_size=dist.get_world_size(),

@@ -2,9 +2,11 @@
 
     python scripts/generate.py --checkpoint checkpoints/gpt_tiny --prompt "The " --max-new-tokens 80
     python scripts/generate.py --checkpoint checkpoints/gpt_tiny/step_0000200 --top-k 20 --temperature 0.8
+    python scripts/generate.py --checkpoint checkpoints/gpt_tiny --prompt "The " --prompt "A longer prompt" --top-p 0.9 --top-k 0
 
 The model and the tokenizer are rebuilt from the run config saved with the checkpoint. ``--top-k 1``
-(the default) is greedy decoding. Attention runs with ``--attention-backend`` (default ``auto``: the
+(the default) is greedy decoding. Several ``--prompt`` run as one batch; generation keeps a KV cache (prefill,
+then one token per step; ``--no-cache`` recomputes the whole prefix every token instead). Attention runs with ``--attention-backend`` (default ``auto``: the
 best backend of this machine, whatever the training run used).
 """
 
@@ -24,10 +26,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint.dir (its 'latest' checkpoint is used) or one step_<N> folder")
-    parser.add_argument("--prompt", default="The ", help="text to continue")
+    parser.add_argument("--prompt", action="append", help="text to continue (repeat for a batch; default 'The ')")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate at most")
     parser.add_argument("--top-k", type=int, default=1, help="1 = greedy; k > 1 samples from the k likeliest; 0 = all")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (top-k != 1)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the likeliest tokens up to this probability")
+    parser.add_argument("--no-cache", action="store_true", help="recompute the whole prefix for every token")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--attention-backend", default="auto", help="auto | flash | fused | local")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -38,7 +42,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from bridge.training import CheckpointError, generate, load_run_config, load_weights
+    from bridge.training import CheckpointError, load_run_config, load_weights
+    from bridge.training.generation import generate_tokens, prompt_ids
     from bridge.training.snapshot import provider_from_snapshot, tokenizer_from_snapshot
 
     try:
@@ -72,9 +77,17 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"# {path}", file=sys.stderr)
-    text = generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens, top_k=args.top_k,
-                    temperature=args.temperature, seed=args.seed)
-    print(args.prompt + text)
+    prompts = args.prompt or ["The "]
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    try:
+        outs = generate_tokens(model, ids, args.max_new_tokens, top_k=args.top_k, top_p=args.top_p,
+                               temperature=args.temperature, eos_id=tokenizer.eos_id, seed=args.seed,
+                               use_cache=not args.no_cache, vocab_size=tokenizer.vocab_size)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for prompt, out in zip(prompts, outs):
+        print(prompt + tokenizer.decode(out))
     return 0
 
 

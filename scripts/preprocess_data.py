@@ -19,6 +19,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bridge.console import quiet_scripts  # noqa: E402
+
+quiet_scripts()  # megatron-core's notices about TE / Apex (imported by bridge.data's megatron dataset helpers)
 
 from bridge.data.indexed import load_indexed_dataset_module, write_indexed_dataset  # noqa: E402
 from bridge.data.jsonl import read_jsonl_texts  # noqa: E402

@@ -77,6 +77,17 @@ def _check_here(run) -> None:
     check_provider_for_this_machine(run.model)
 
 
+def _lost_worker(rank: int, failure, checkpoint_dir) -> str:
+    """The line for a worker that died without a word (killed by a signal): which one, and where to resume."""
+    from bridge.training.checkpointing import newest_verified
+
+    latest = newest_verified(checkpoint_dir) if checkpoint_dir else None
+    resume = (f"the last complete checkpoint is {latest}: continue with checkpoint.resume=true" if latest
+              else "no checkpoint was saved before it")
+    return (f"worker rank {rank} (pid {failure.pid}) was killed by {failure.signal_name()}; the other workers were "
+            f"stopped; {resume}")
+
+
 def _check_before_start(run, world_size: int) -> None:
     """What needs only the recipe and the number of processes, checked before any process group exists: the
     global batch must split over the data-parallel ranks (the run itself settles it again with its group)."""
@@ -87,9 +98,10 @@ def _check_before_start(run, world_size: int) -> None:
         batch_plan(dataclasses.replace(run.train), world_size // model_parallel)
 
 
-def _launch(nproc: int, argv) -> int:
+def _launch(nproc: int, argv, checkpoint_dir=None) -> int:
     """Launcher mode: start ``nproc`` workers of this script through torch's elastic launcher (torchrun's own
-    ``run``), then return their exit status with nothing printed after their one-line error."""
+    ``run``), then return their exit status with nothing printed after their one-line error. A worker killed
+    by a signal prints nothing itself: the launcher says which one died and which checkpoint to resume from."""
     import logging as _logging
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -102,8 +114,11 @@ def _launch(nproc: int, argv) -> int:
     try:
         torchrun(torchrun_args([f"--nproc-per-node={nproc}", os.path.abspath(__file__), *argv]))
     except ChildFailedError as exc:
-        _, failure = exc.get_first_failure()
-        return failure.exitcode if failure.exitcode > 0 else EXIT_RUN_ERROR
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode > 0:  # the worker said why itself
+            return failure.exitcode
+        print(f"error: {_lost_worker(rank, failure, checkpoint_dir)}", file=sys.stderr, flush=True)
+        return EXIT_RUN_ERROR
     return 0
 
 
@@ -124,7 +139,7 @@ def main(argv=None) -> int:
         _check_before_start(run, args.nproc_per_node if launching else int(os.environ.get("WORLD_SIZE", "1")))
         if launching:
             worker_argv = [a for i, a in enumerate(argv) if not _is_nproc_arg(argv, i)]
-            return _launch(args.nproc_per_node, worker_argv)
+            return _launch(args.nproc_per_node, worker_argv, run.checkpoint.dir)
         init_distributed(run)
         train(run)
     except (ConfigError, ValueError, OSError, MemoryError, BackendUnavailableError) as exc:

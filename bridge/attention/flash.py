@@ -2,7 +2,10 @@
 
 No mask and causal run through the fixed-length kernel directly on megatron-core's ``[s, b, h, d]``
 tensors (strided views, no copies). Padding masks run through the variable-length path: the real tokens
-are packed, attended with ``cu_seqlens``, and scattered back, padded rows staying zero.
+are packed, attended with ``cu_seqlens``, and scattered back, padded rows staying zero. A sliding window
+(megatron-core's ``window_size``) on any of these is the kernel's own ``window_size``. Inference steps with a
+few queries over a longer key range (decoding with megatron-core's KV cache, whose keys arrive as a view of
+the cache) run the split-KV decode kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from typing import Optional
 import torch
 
 from bridge.attention.inputs import AttentionInputs, AttentionMask
+
+DECODE_MAX_QUERIES = 16
+"""Inference calls with at most this many queries and more keys than queries use the decode kernel."""
 
 
 def _kernel_module():
@@ -60,24 +66,37 @@ def flash_attention(
     kernels = _kernel_module()
     sq, b, h, d = query.shape
     sk = key.shape[0]
-    kind = mask.kind
+    if mask.kind == "arbitrary":
+        raise ValueError("the flash backend cannot run an arbitrary dense mask")
+    kind = mask.base_kind  # none, causal, padding or padding_causal; the window is an argument of the kernel
+    window = mask.window if mask.window is not None else (-1, -1)
+    if kind in ("none", "causal") and _is_decode_step(query, sq, sk, dropout_p):
+        out = kernels.flash_attn_with_kvcache(
+            query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), cache_seqlens=sk,
+            softmax_scale=softmax_scale, causal=mask.causal, window_size=window,
+        )  # (b, sq, h, d)
+        return out.transpose(0, 1)
     if kind in ("none", "causal"):
         out = kernels.flash_attn_func(
             query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1),
-            dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal,
+            dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal, window_size=window,
             deterministic=deterministic,
         )  # (b, sq, h, d)
         return out.transpose(0, 1)
-    if kind not in ("padding", "padding_causal"):
-        raise ValueError(f"the flash backend cannot run a mask of kind {kind!r}")
     q_valid = mask.query_padding if mask.query_padding is not None else query.new_ones(b, sq, dtype=torch.bool)
     k_valid = mask.key_padding if mask.key_padding is not None else query.new_ones(b, sk, dtype=torch.bool)
     out_packed = kernels.flash_attn_varlen_func(
         _packed(query, q_valid), _packed(key, k_valid), _packed(value, k_valid),
         _cu_seqlens(q_valid), _cu_seqlens(k_valid), sq, sk,
-        dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal,
+        dropout_p=dropout_p, softmax_scale=softmax_scale, causal=mask.causal, window_size=window,
         deterministic=deterministic,
     )  # (total_q, h, d)
     out = query.new_zeros(b, sq, h, d)
     out[q_valid] = out_packed
     return out.transpose(0, 1)
+
+
+def _is_decode_step(query: torch.Tensor, sq: int, sk: int, dropout_p: float) -> bool:
+    """A generation step: no gradient wanted, a few new queries attending a longer cache."""
+    return (sq <= DECODE_MAX_QUERIES and sk > sq and dropout_p == 0.0 and not torch.is_grad_enabled()
+            and not query.requires_grad)

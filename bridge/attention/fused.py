@@ -77,6 +77,7 @@ _TE_MASK_TYPES = {
     "causal": "causal_bottom_right",
     "padding": "padding",
     "padding_causal": "padding_causal_bottom_right",
+    "sliding_window": "arbitrary",  # the band as a dense mask
     "arbitrary": "arbitrary",
 }
 
@@ -113,10 +114,13 @@ def te_fused_attention(
         keys = mask.key_padding if mask.key_padding is not None else query.new_ones(b, sk, dtype=torch.bool)
         queries = mask.query_padding if mask.query_padding is not None else query.new_ones(b, sq, dtype=torch.bool)
         te_mask = (~queries.view(b, 1, 1, sq), ~keys.view(b, 1, 1, sk))  # TE: True = masked out
-    elif kind == "arbitrary":
-        te_mask = ~mask.dense.expand(b, -1, sq, sk)
-    out = module(query, key, value, attention_mask=te_mask, attn_mask_type=_TE_MASK_TYPES[kind])
-    return out.view(sq, b, h, d)
+    elif kind in ("sliding_window", "arbitrary"):
+        # Padded query rows (sliding window over padding) are zeroed below, not handed over fully masked.
+        te_mask = ~mask.allowed(b, sq, sk, query.device, with_query_padding=False).expand(b, -1, sq, sk)
+    out = module(query, key, value, attention_mask=te_mask, attn_mask_type=_TE_MASK_TYPES[kind]).view(sq, b, h, d)
+    if kind == "sliding_window" and mask.query_padding is not None:
+        out = out * mask.query_padding.t().reshape(sq, b, 1, 1).to(out.dtype)
+    return out
 
 
 def run(query, key, value, mask, softmax_scale, dropout_p):

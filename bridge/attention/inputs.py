@@ -15,13 +15,14 @@ Conventions shared by every backend, so that they agree element for element:
 from __future__ import annotations
 
 import weakref
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 from megatron.core.transformer.enums import AttnMaskType
 
-MASK_KINDS = ("none", "causal", "padding", "padding_causal", "arbitrary")
+MASK_KINDS = ("none", "causal", "padding", "padding_causal", "sliding_window", "arbitrary")
 
 
 @dataclass
@@ -29,18 +30,27 @@ class AttentionMask:
     """The mask of one attention call.
 
     Exactly one description is used: ``dense`` when set (bool, True = may attend, broadcastable to
-    ``[b, h, sq, sk]``), otherwise ``causal`` plus the optional padding vectors (``[b, s]`` bool, True = real).
+    ``[b, h, sq, sk]``), otherwise ``causal`` plus the optional padding vectors (``[b, s]`` bool, True = real)
+    and the optional sliding ``window`` (``(left, right)``, see :func:`windowed`).
     """
 
     causal: bool = False
     key_padding: Optional[torch.Tensor] = None
     query_padding: Optional[torch.Tensor] = None
     dense: Optional[torch.Tensor] = None
+    window: Optional[Tuple[int, int]] = None
 
     @property
     def kind(self) -> str:
         if self.dense is not None:
             return "arbitrary"
+        if self.window is not None:
+            return "sliding_window"
+        return self.base_kind
+
+    @property
+    def base_kind(self) -> str:
+        """The kind without the sliding window: what the flash kernel runs the window on top of."""
         padded = self.key_padding is not None or self.query_padding is not None
         if padded:
             return "padding_causal" if self.causal else "padding"
@@ -57,10 +67,9 @@ class AttentionMask:
         if self.dense is not None:
             return self.dense
         allowed = None
-        if self.causal:
-            rows = torch.arange(sq, device=device).unsqueeze(1)
-            cols = torch.arange(sk, device=device).unsqueeze(0)
-            allowed = (cols <= rows + (sk - sq)).view(1, 1, sq, sk)
+        if self.causal or self.window is not None:
+            left, right = self.window if self.window is not None else (-1, 0)
+            allowed = band(left, 0 if self.causal else right, sq, sk, device).view(1, 1, sq, sk)
         if self.key_padding is not None:
             keys = self.key_padding.view(b, 1, 1, sk)
             allowed = keys if allowed is None else allowed & keys
@@ -201,20 +210,30 @@ class AttentionInputs:
         return ", ".join(parts)
 
 
+def band(left: int, right: int, sq: int, sk: int, device) -> torch.Tensor:
+    """``[sq, sk]`` bool: query ``i`` may see key ``j`` iff ``i + sk - sq - left <= j <= i + sk - sq + right``
+    (bottom-right aligned like the causal mask; -1 = unbounded on that side)."""
+    rows = torch.arange(sq, device=device).unsqueeze(1) + (sk - sq)
+    cols = torch.arange(sk, device=device).unsqueeze(0)
+    allowed = torch.ones(sq, sk, dtype=torch.bool, device=device)
+    if left >= 0:
+        allowed &= cols >= rows - left
+    if right >= 0:
+        allowed &= cols <= rows + right
+    return allowed
+
+
 def windowed(mask: AttentionMask, window: Tuple[int, int], b: int, sq: int, sk: int, device) -> AttentionMask:
     """``mask`` restricted to a sliding window (megatron-core's ``window_size=(left, right)``, -1 = unlimited).
 
-    Query ``i`` (aligned bottom-right, like the causal mask) may attend keys ``i - left .. i + right``. The
-    result is a dense mask, so only backends that take arbitrary masks run it (auto picks one of them).
+    Query ``i`` (aligned bottom-right, like the causal mask) may attend keys ``i - left .. i + right``. On a
+    causal or padding mask the window stays a description (kind ``sliding_window``) that the flash kernel runs
+    natively, skipping the tiles outside the band; the other backends build the dense mask from it. On a dense
+    mask it is folded into that mask.
     """
-    left, right = window
-    rows = torch.arange(sq, device=device).unsqueeze(1) + (sk - sq)
-    cols = torch.arange(sk, device=device).unsqueeze(0)
-    band = torch.ones(sq, sk, dtype=torch.bool, device=device)
-    if left >= 0:
-        band &= cols >= rows - left
-    if right >= 0:
-        band &= cols <= rows + right
-    allowed = mask.allowed(b, sq, sk, device)
-    band = band.view(1, 1, sq, sk)
-    return AttentionMask(dense=band if allowed is None else allowed & band)
+    left, right = (int(x) for x in window)
+    if left < 0 and right < 0:
+        return mask
+    if mask.dense is None:
+        return dataclasses.replace(mask, window=(left, right))
+    return AttentionMask(dense=mask.dense & band(left, right, sq, sk, device).view(1, 1, sq, sk))

@@ -2,8 +2,8 @@
 
 Layers, top to bottom:
 
-* ``flash_attn_func`` / ``flash_attn_varlen_func``: the documented entry points (flash-attn's names and
-  argument order, so users recognise them). They validate arguments and pick the softmax scale.
+* ``flash_attn_func`` / ``flash_attn_varlen_func``: the documented entry points (flash-attn 2.x's names and
+  argument order, so a positional flash-attn call means the same here). They validate arguments and pick the softmax scale.
 * ``bridge_kernels::flash_fwd`` / ``bridge_kernels::flash_bwd``: ``torch.library.custom_op`` wrappers
   around the compiled ``torch.ops.bridge_flash`` operators, with fake implementations so ``torch.compile``
   traces through them without running the kernel, and autograd registered on the forward.
@@ -13,6 +13,7 @@ Layers, top to bottom:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Optional, Union
 
@@ -118,18 +119,24 @@ def _flash_fwd(
     softmax_scale: float,
     causal: bool,
     deterministic: bool,
+    window_left: int = -1,
+    window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
     # `deterministic` only matters to the backward; it is an argument here so autograd can see it.
-    return _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal)
+    return _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+                    deterministic, window_left, window_right, softcap, alibi_slopes)
 
 
-def _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal):
+def _run_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
+             deterministic=False, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
     return build.load_ops().fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-                                causal, kernel_family(q.device))
+                                causal, kernel_family(q.device), window_left, window_right, softcap, alibi_slopes)
 
 
 def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale,
-             causal, deterministic):
+             causal, deterministic, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
     # dout is aligned here, on real tensors: autograd often hands over expanded (stride 0) gradients, and
     # under AOT tracing the backward wrapper only sees fake tensors.
     dout = _aligned(dout)
@@ -139,12 +146,13 @@ def _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, 
             "the forward pass works, gradients need the backward kernel"
         )
     return build.load_ops().bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                                softmax_scale, causal, deterministic, kernel_family(q.device))
+                                softmax_scale, causal, deterministic, kernel_family(q.device), window_left,
+                                window_right, softcap, alibi_slopes)
 
 
 @_flash_fwd.register_fake
 def _flash_fwd_fake(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                    deterministic):
+                    deterministic, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
     # Mirrors the binding: out = empty_like(q) (same strides), lse fp32 [b, h, s_q] or [h, total_q].
     out = torch.empty_like(q)
     if cu_seqlens_q is None:
@@ -169,23 +177,29 @@ def _flash_bwd(
     softmax_scale: float,
     causal: bool,
     deterministic: bool,
+    window_left: int = -1,
+    window_right: int = -1,
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     dq, dk, dv = _run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                          softmax_scale, causal, deterministic)
+                          softmax_scale, causal, deterministic, window_left, window_right, softcap, alibi_slopes)
     return dq, dk, dv
 
 
 @_flash_bwd.register_fake
 def _flash_bwd_fake(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                    softmax_scale, causal, deterministic):
+                    softmax_scale, causal, deterministic, window_left=-1, window_right=-1, softcap=0.0,
+                    alibi_slopes=None):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = inputs
+    # inputs: q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q ... softcap (plain values), alibi_slopes
+    q, k, v, cu_seqlens_q, cu_seqlens_k, *attrs, alibi_slopes = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
-    ctx.attrs = (max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes)
+    ctx.attrs = tuple(attrs)
     ctx.mark_non_differentiable(lse)  # the log-sum-exp is an auxiliary output, not part of the graph
 
 
@@ -193,11 +207,9 @@ def _backward_with(run_bwd):
     """The autograd backward, for either path: the custom op (traced) or the eager function (direct call)."""
 
     def backward(ctx, dout, _dlse):
-        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
-        max_seqlen_q, max_seqlen_k, softmax_scale, causal, deterministic = ctx.attrs
-        dq, dk, dv = run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                             max_seqlen_k, softmax_scale, causal, deterministic)
-        return dq, dk, dv, None, None, None, None, None, None, None
+        q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, alibi_slopes = ctx.saved_tensors
+        dq, dk, dv = run_bwd(dout, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, *ctx.attrs, alibi_slopes)
+        return (dq, dk, dv) + (None,) * (len(ctx.attrs) + 3)  # nothing for cu_seqlens, attrs, alibi_slopes
 
     return backward
 
@@ -211,10 +223,10 @@ class _FlashAttnEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                deterministic):
+                deterministic, window_left=-1, window_right=-1, softcap=0.0, alibi_slopes=None):
         inputs = (q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale, causal,
-                  deterministic)
-        out, lse = _run_fwd(*inputs[:-1])
+                  deterministic, window_left, window_right, softcap, alibi_slopes)
+        out, lse = _run_fwd(*inputs)
         _setup_context(ctx, inputs, (out, lse))
         return out, lse
 
@@ -244,9 +256,7 @@ def _aligned(t: Tensor) -> Tensor:
     return t if ok else t.contiguous()
 
 
-def _check_inputs(fn: str, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, dims: int, layout: str) -> None:
-    if dropout_p != 0.0:
-        raise ValueError(f"{fn}: dropout_p={dropout_p} is not supported; the flash kernel has no dropout (use 0.0)")
+def _check_inputs(fn: str, q: Tensor, k: Tensor, v: Tensor, dims: int, layout: str) -> None:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.dim() != dims:
             raise ValueError(f"{fn}: {name} must be {layout} ({dims} dims), got shape {tuple(t.shape)}")
@@ -269,6 +279,64 @@ def _check_inputs(fn: str, q: Tensor, k: Tensor, v: Tensor, dropout_p: float, di
         raise ValueError(f"{fn}: query heads ({h}) must be a multiple of key/value heads ({h_k}) for GQA/MQA")
 
 
+def check_options(
+    fn: str,
+    dropout_p: float = 0.0,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
+    return_attn_probs: bool = False,
+) -> tuple[int, int]:
+    """Validates flash-attn's optional arguments; returns the window as ``(left, right)`` ints.
+
+    Runs before any tensor check, so it also answers on machines without a GPU. Each unsupported option is
+    one error naming it and what works instead.
+    """
+    if dropout_p != 0.0:
+        raise ValueError(f"{fn}: dropout_p={dropout_p} is not supported; the flash kernel has no dropout (use 0.0)")
+    if not (isinstance(softcap, (int, float)) and math.isfinite(softcap) and softcap >= 0):
+        raise ValueError(f"{fn}: softcap={softcap!r} is not valid; use a finite number >= 0 (0.0 = off)")
+    if alibi_slopes is not None and (not isinstance(alibi_slopes, Tensor) or alibi_slopes.dtype != torch.float32
+                                     or alibi_slopes.dim() not in (1, 2)):
+        raise ValueError(
+            f"{fn}: alibi_slopes must be a float32 tensor [heads] or [batch, heads], got "
+            + (f"{alibi_slopes.dtype} {tuple(alibi_slopes.shape)}" if isinstance(alibi_slopes, Tensor)
+               else type(alibi_slopes).__name__)
+        )
+    if return_attn_probs:
+        raise ValueError(
+            f"{fn}: return_attn_probs=True is not supported (the kernel never materialises the probabilities); "
+            "return_lse=True returns the log-sum-exp"
+        )
+    try:
+        left, right = (int(x) for x in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{fn}: window_size must be a pair (left, right) of ints, got {window_size!r}") from None
+    if left < -1 or right < -1:
+        raise ValueError(
+            f"{fn}: window_size={tuple(window_size)} is not valid; each side is a number of keys >= 0, or -1 for unbounded"
+        )
+    return left, right
+
+
+def _check_alibi(fn: str, alibi_slopes: Optional[Tensor], q: Tensor, batch: int) -> None:
+    """alibi_slopes against the call's heads and batch (check_options has checked dtype and rank)."""
+    if alibi_slopes is None:
+        return
+    h = q.shape[-2]
+    if tuple(alibi_slopes.shape) not in ((h,), (batch, h)):
+        raise ValueError(
+            f"{fn}: alibi_slopes must have shape ({h},) or ({batch}, {h}) (heads, or batch x heads), "
+            f"got {tuple(alibi_slopes.shape)}"
+        )
+    if alibi_slopes.device != q.device:
+        raise ValueError(f"{fn}: alibi_slopes is on {alibi_slopes.device} but q is on {q.device}")
+
+
+def _slopes(alibi_slopes: Optional[Tensor]) -> Optional[Tensor]:
+    return None if alibi_slopes is None else alibi_slopes.detach().contiguous()
+
+
 def flash_attn_func(
     q: Tensor,
     k: Tensor,
@@ -276,10 +344,17 @@ def flash_attn_func(
     dropout_p: float = 0.0,
     softmax_scale: Optional[float] = None,
     causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
+    return_attn_probs: bool = False,
+    *,
     return_lse: bool = False,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
-    """Exact attention ``softmax(scale * q k^T [+ causal mask]) v`` with the in-repo flash kernel.
+    """Exact attention ``softmax(scale * q k^T [+ mask]) v`` with the in-repo flash kernel.
+
+    The arguments are flash-attn 2.x's, in its order, so a positional flash-attn call means the same here.
 
     Args:
         q: ``[batch, seqlen_q, heads, head_dim]``, bf16 or fp16, on a supported CUDA GPU. Any batch /
@@ -287,23 +362,36 @@ def flash_attn_func(
             passes as ``x.transpose(0, 1)`` without a copy).
         k, v: ``[batch, seqlen_k, kv_heads, head_dim]``; ``heads`` must be a multiple of ``kv_heads``
             (GQA; ``kv_heads == 1`` is MQA). K/V are never repeated in memory.
-        dropout_p: must be 0.0 (the kernel has no dropout); kept for flash-attn compatibility.
+        dropout_p: must be 0.0 (the kernel has no dropout yet).
         softmax_scale: defaults to ``1 / sqrt(head_dim)``.
         causal: mask aligned to the bottom-right corner when ``seqlen_q != seqlen_k`` (query row ``i`` sees
             keys ``j <= i + seqlen_k - seqlen_q``), as flash-attn >= 2.1. Rows that see no key output zeros.
+        window_size: ``(left, right)``: query row ``i`` sees keys ``j`` with
+            ``i + s_k - s_q - left <= j <= i + s_k - s_q + right`` (bottom-right aligned like ``causal``; ``-1``
+            = unbounded, the default ``(-1, -1)`` is full attention). With ``causal=True`` the right side is 0.
+            Key tiles outside the window are skipped, so the cost grows linearly with the sequence length.
+        softcap: when > 0, the scaled logits ``x`` become ``softcap * tanh(x / softcap)`` before the mask
+            and the softmax (Gemma 2's logit soft-capping); gradients flow through the tanh.
+        alibi_slopes: fp32 ``[heads]`` or ``[batch, heads]``: adds ``-slope * |i + s_k - s_q - j|`` to the
+            (soft-capped) scaled logits of query row ``i`` and key ``j`` (ALiBi, bottom-right aligned); not
+            differentiable. The log-sum-exp includes the bias.
         deterministic: make the backward pass bit-reproducible (slightly slower).
-        return_lse: also return the log-sum-exp ``[batch, heads, seqlen_q]`` (fp32, not differentiable).
+        return_attn_probs: must be False (the probabilities are never materialised).
+        return_lse: (keyword only, not in flash-attn) also return the log-sum-exp ``[batch, heads, seqlen_q]``
+            (fp32, not differentiable).
 
     Returns:
         ``out`` ``[batch, seqlen_q, heads, head_dim]`` (strides like ``q``), or ``(out, lse)``.
     """
-    _check_inputs("flash_attn_func", q, k, v, dropout_p, 4, "[batch, seqlen, heads, head_dim]")
+    left, right = check_options("flash_attn_func", dropout_p, window_size, softcap, alibi_slopes, return_attn_probs)
+    _check_inputs("flash_attn_func", q, k, v, 4, "[batch, seqlen, heads, head_dim]")
+    _check_alibi("flash_attn_func", alibi_slopes, q, q.shape[0])
     if q.shape[0] != k.shape[0]:
         raise ValueError(f"flash_attn_func: q has batch {q.shape[0]} but k/v have batch {k.shape[0]}")
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     out, lse = _attention(
         _aligned(q), _aligned(k), _aligned(v), None, None, q.shape[1], k.shape[1], scale, bool(causal),
-        bool(deterministic),
+        bool(deterministic), left, right, float(softcap), _slopes(alibi_slopes),
     )
     return (out, lse) if return_lse else out
 
@@ -319,7 +407,12 @@ def flash_attn_varlen_func(
     dropout_p: float = 0.0,
     softmax_scale: Optional[float] = None,
     causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Optional[Tensor] = None,
     deterministic: bool = False,
+    return_attn_probs: bool = False,
+    *,
     return_lse: bool = False,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     """Flash attention over a packed batch of variable-length sequences (padding-free).
@@ -332,13 +425,17 @@ def flash_attn_varlen_func(
             Zero-length sequences are allowed (a query row with no key outputs zeros).
         max_seqlen_q, max_seqlen_k: the longest sequence in each (upper bounds; they size the launch grid,
             so rows past ``max_seqlen_q`` would not be computed).
-        dropout_p, softmax_scale, causal, deterministic, return_lse: as in :func:`flash_attn_func`; causal
-            is bottom-right aligned per sequence.
+        dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, deterministic, return_attn_probs,
+            return_lse: as in :func:`flash_attn_func`; causal and the window are bottom-right aligned per sequence.
 
     Returns:
         ``out`` ``[total_q, heads, head_dim]``, or ``(out, lse)`` with lse fp32 ``[heads, total_q]``.
     """
-    _check_inputs("flash_attn_varlen_func", q, k, v, dropout_p, 3, "[total_tokens, heads, head_dim]")
+    left, right = check_options(
+        "flash_attn_varlen_func", dropout_p, window_size, softcap, alibi_slopes, return_attn_probs
+    )
+    _check_inputs("flash_attn_varlen_func", q, k, v, 3, "[total_tokens, heads, head_dim]")
+    _check_alibi("flash_attn_varlen_func", alibi_slopes, q, cu_seqlens_q.numel() - 1)
     for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
         if cu.dtype != torch.int32 or cu.dim() != 1 or cu.device != q.device:
             raise ValueError(
@@ -353,6 +450,8 @@ def flash_attn_varlen_func(
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     out, lse = _attention(
         _aligned(q), _aligned(k), _aligned(v), cu_seqlens_q.contiguous(), cu_seqlens_k.contiguous(),
-        int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal), bool(deterministic),
+        int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal), bool(deterministic), left, right,
+        float(softcap), _slopes(alibi_slopes),
     )
     return (out, lse) if return_lse else out
+

@@ -174,6 +174,12 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
 
         return provide_distributed_model(self, ddp_config, **kwargs)
 
+    def sequence_split_problems(self) -> list:
+        """Sequence parallelism splits every sequence over the tensor-parallel ranks: its length must divide."""
+        tp = self.tensor_model_parallel_size
+        return [f"sequence_parallel=True splits seq_length={self.seq_length} over tensor_model_parallel_size={tp}: "
+                f"use a seq_length divisible by {tp}"] if self.seq_length % tp else []
+
     def check(self, problems: list) -> None:
         """Append one message per problem to ``problems``; subclasses extend this."""
         def attempt(fn, *args):
@@ -244,6 +250,8 @@ class TransformerProvider(mcore_fields.MegatronCoreFields):
                     f"tensor_model_parallel_size={self.tensor_model_parallel_size}")
         if self.sequence_parallel and self.tensor_model_parallel_size == 1:
             problems.append("sequence_parallel=True needs tensor_model_parallel_size > 1")
+        elif self.sequence_parallel and self.tensor_model_parallel_size > 1:
+            problems.extend(self.sequence_split_problems())
         if self.vocab_size is not None and self.vocab_size <= 0:
             problems.append(f"vocab_size must be positive, got {self.vocab_size}")
         elif (self.vocab_size is not None and not self.should_pad_vocab and self.tensor_model_parallel_size > 1

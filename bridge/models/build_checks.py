@@ -37,14 +37,6 @@ def check_backend_for_this_machine(
     LayerBackend(backend, exclude).check_request(inputs, f"the {stack} attention layers")
 
 
-def check_layer_norm_support(provider: TransformerProvider) -> None:
-    if provider.sequence_parallel:
-        raise ValueError(
-            "sequence_parallel=True needs Transformer Engine or Apex layer norms; bridge builds megatron-core's "
-            "local (torch) layers, which do not support it. Set sequence_parallel=False."
-        )
-
-
 def check_vp_stage(provider: TransformerProvider, vp_stage) -> None:
     """``vp_stage`` must name one of the provider's virtual pipeline stages (or be None without them)."""
     vp = provider.virtual_pipeline_model_parallel_size
@@ -71,7 +63,6 @@ def check_provider_for_this_machine(provider: TransformerProvider) -> None:
     """The checks made before a model is built: by the builders (``provide()``) and, without building anything,
     by ``scripts/train.py --cfg``. Every explicit attention backend of the model must be able to run here; the
     answer comes from :mod:`bridge.attention.selection`, which the layers ask again for their real inputs."""
-    check_layer_norm_support(provider)
     check_recompute_support(provider)
     if hasattr(provider, "encoder_attention_backend"):  # T5: one backend per stack
         for stack in ("encoder", "decoder"):

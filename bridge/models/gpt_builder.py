@@ -14,7 +14,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 
 from bridge.models.base import TransformerProvider
 from bridge.models.build_checks import check_provider_for_this_machine, check_vp_stage
-from bridge.models.layer_specs import gpt_layer_spec
+from bridge.models.layer_specs import gpt_block_spec, gpt_layer_spec
 from bridge.distributed import ensure_model_parallel
 from bridge.models.placement import place_model
 from bridge.models.rope import make_rope_host_compatible
@@ -39,12 +39,12 @@ def build_gpt_model(
         pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    config = gpt_transformer_config(provider)
+    layer = gpt_layer_spec(provider.normalization, provider.attention_backend, exclude,
+                           provider.deterministic_attention, qk_layernorm=provider.qk_layernorm)
     model = GPTModel(
-        config=gpt_transformer_config(provider),
-        transformer_layer_spec=gpt_layer_spec(
-            provider.normalization, provider.attention_backend, exclude, provider.deterministic_attention,
-            qk_layernorm=provider.qk_layernorm,
-        ),
+        config=config,
+        transformer_layer_spec=gpt_block_spec(layer, config, vp_stage),
         vocab_size=vocab,
         max_sequence_length=provider.resolved_max_positions,
         pre_process=pre_process,

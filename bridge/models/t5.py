@@ -59,6 +59,10 @@ class T5ModelProvider(TransformerProvider):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 problems.append(f"{name} must be positive, got {value}")
+        tp, decoder_length = self.tensor_model_parallel_size, self.decoder_seq_length
+        if self.sequence_parallel and tp > 1 and decoder_length and decoder_length % tp:
+            problems.append(f"sequence_parallel=True splits decoder_seq_length={decoder_length} over "
+                            f"tensor_model_parallel_size={tp}: use a decoder_seq_length divisible by {tp}")
         try:
             self._resolve_stack_backends()
         except ValueError as exc:

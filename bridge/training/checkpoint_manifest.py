@@ -22,14 +22,16 @@ FORMAT = 1
 
 WEIGHT_MEANING_FIELDS = (
     "num_layers", "encoder_num_layers", "decoder_num_layers", "hidden_size", "ffn_hidden_size",
-    "num_attention_heads", "num_query_groups", "kv_channels", "vocab_size", "make_vocab_size_divisible_by",
+    "num_attention_heads", "num_query_groups", "kv_channels", "vocab_size",
     "position_embedding_type", "rotary_percent", "rotary_base", "rotary_interleaved", "normalization",
     "layernorm_epsilon", "activation", "activation_func", "gated_linear_unit", "add_bias_linear", "add_qkv_bias",
     "qk_layernorm", "share_embeddings_and_output_weights", "num_moe_experts",
 )
 """Model fields whose change makes the saved weights mean something else (heads split differently, another
 activation or normalisation, another vocabulary): a checkpoint loads only into a model with the same values.
-Everything else (dropout, attention backend, precision, parallel sizes, recompute) may differ."""
+Everything else (dropout, attention backend, precision, parallel sizes, recompute) may differ. The vocabulary
+padding (``make_vocab_size_divisible_by``) may differ too: it is a multiple of the tensor-parallel size, so a
+resharded resume adjusts it to keep the same number of rows (the shape check of the load names the count)."""
 
 RESUME_TUNABLE_NODES = ("optimizer", "scheduler", "train")
 """Run-config nodes that may change on resume; their changes take effect and are logged."""

@@ -49,6 +49,7 @@ from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
 from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
                                                                _replace_state_dict_keys_with_sharded_keys,
                                                                mcore_to_pyt_state_dict)
+from megatron.core.dist_checkpointing.dict_utils import nested_values
 from megatron.core.dist_checkpointing.utils import extract_sharded_tensors_and_factories
 
 from bridge.distributed import barrier, is_main_process
@@ -274,18 +275,30 @@ def check_model_fits(module, checkpoint: str) -> None:
         raise CheckpointError(f"{checkpoint} cannot be read ({_root_cause(exc)}); it is damaged or not a bridge "
                               "checkpoint") from exc
     tensors, _ = extract_sharded_tensors_and_factories(module.sharded_state_dict())
-    for tensor in tensors.values() if isinstance(tensors, dict) else []:
+    for tensor in nested_values(tensors):  # nested: virtual pipeline chunks (bridge.training.model_chunks)
         if not isinstance(tensor, ShardedTensor):
             continue
         if tensor.key not in saved:
             raise CheckpointError(f"checkpoint {checkpoint} has no tensor {tensor.key!r} (the model expects shape "
                                   f"{tuple(tensor.global_shape)}): it was saved from a different model")
         have = tuple(saved[tensor.key].global_shape)
+        if have != tuple(tensor.global_shape) and _vocabulary_rows_differ(tensor.key, have, tuple(tensor.global_shape)):
+            raise CheckpointError(
+                f"checkpoint {checkpoint} has {have[0]} vocabulary rows in {tensor.key!r}, this model "
+                f"{tensor.global_shape[0]}: the padded vocabulary is a multiple of make_vocab_size_divisible_by × "
+                "tensor_model_parallel_size, so a new tensor-parallel size pads it differently; set "
+                f"model.make_vocab_size_divisible_by so that this run pads to {have[0]} rows as well")
         if have != tuple(tensor.global_shape):
             raise CheckpointError(
                 f"checkpoint {checkpoint} does not fit the model: tensor {tensor.key!r} has shape {have} in the "
                 f"checkpoint but {tuple(tensor.global_shape)} in the model; build the model the checkpoint "
                 "was saved from (see its run_config.yaml)")
+
+
+def _vocabulary_rows_differ(key: str, saved: tuple, model: tuple) -> bool:
+    """An embedding / output-layer tensor whose shapes differ only in the (padded) vocabulary rows."""
+    return (("word_embeddings" in key or "output_layer" in key) and len(saved) == len(model)
+            and saved[1:] == model[1:] and saved[0] != model[0])
 
 
 def save_checkpoint(root: str, step: int, module, optimizer, scheduler, consumed_samples: int,

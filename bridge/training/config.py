@@ -107,6 +107,10 @@ class OptimizerConfig:
     use_distributed_optimizer: bool = False
     """Shard the optimizer state over the data-parallel ranks (megatron-core distributed optimizer, ZeRO-1)."""
 
+    overlap_grad_reduce: bool = False
+    """Overlap the data-parallel gradient reduction with the backward pass (megatron-core DDP's bucketed
+    all-reduce / reduce-scatter starts as each bucket's gradients are ready); CUDA only."""
+
     def __post_init__(self) -> None:
         self.optimizer = parse_choice(OptimizerType, self.optimizer, "optimizer.optimizer")
         _require(self.lr > 0, f"optimizer.lr must be positive, got {self.lr}")

@@ -100,7 +100,8 @@ class LocalOptimizer:
 
 
 def build_optimizer(model, cfg: OptimizerConfig, dtype: torch.dtype, device: torch.device):
-    """megatron-core's optimizer for ``model`` (a megatron-core DDP module) on CUDA, :class:`LocalOptimizer` on CPU."""
+    """megatron-core's optimizer for ``model`` (a megatron-core DDP module, or a list of them: virtual pipeline
+    chunks) on CUDA, :class:`LocalOptimizer` on CPU."""
     if device.type != "cuda":
         if cfg.use_distributed_optimizer:
             raise ValueError("optimizer.use_distributed_optimizer=true needs CUDA (megatron-core's distributed "
@@ -118,7 +119,7 @@ def build_optimizer(model, cfg: OptimizerConfig, dtype: torch.dtype, device: tor
         bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, params_dtype=dtype,
         use_distributed_optimizer=cfg.use_distributed_optimizer,
     )
-    return get_megatron_optimizer(megatron_cfg, [model])
+    return get_megatron_optimizer(megatron_cfg, model if isinstance(model, list) else [model])
 
 
 def build_scheduler(optimizer, opt_cfg: OptimizerConfig, sched_cfg: SchedulerConfig,

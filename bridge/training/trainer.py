@@ -4,7 +4,8 @@ The loop per optimizer step: ``accumulation = global_batch / (micro_batch × dat
 forward + backward (loss = masked mean over ``loss_mask``, divided by the accumulation count), one
 gradient all-reduce over the data-parallel ranks, clip + optimizer step, one LR-schedule step.
 With pipeline stages (GPT on CUDA) the forward + backward of a step is megatron-core's 1F1B schedule
-instead (:mod:`bridge.training.pipeline`); everything around it is the same loop.
+instead, interleaved over this rank's model chunks with virtual pipeline stages
+(:mod:`bridge.training.pipeline`); everything around it is the same loop.
 The data order is fixed by ``consumed_samples`` (see :class:`bridge.data.PretrainingSampler`), so a resumed
 run draws the samples the uninterrupted run would have drawn.
 """
@@ -25,6 +26,7 @@ import torch.distributed as dist
 from bridge.data import DatasetKind, PretrainingSampler
 from bridge.distributed import DistributedEnv, init_distributed, seed_everything
 from bridge.models import FamilySpec
+from bridge.models.distributed_model import build_model_chunks
 from bridge.training.checkpointer import Checkpointer
 from bridge.training.checkpointing import preserved_rng, restore_rng
 from bridge.training.data_parallel import wrap_data_parallel
@@ -35,7 +37,9 @@ from bridge.training.hf_checkpoints import load_pretrained
 from bridge.training.loss import batch_to_device, global_batch_tokens, masked_loss, sum_over_data_parallel
 from bridge.training.memory import check_fits_on_cpu
 from bridge.training.optimizer import build_optimizer, build_scheduler
-from bridge.training.pipeline import configure_pipeline, pipeline_evaluate, pipeline_train_step
+from bridge.training.model_chunks import as_one_module
+from bridge.training.pipeline import (as_chunks, check_interleaved_plan, configure_pipeline, pipeline_evaluate,
+                                      pipeline_train_step)
 from bridge.training.reporting import Reporter
 from bridge.training.snapshot import run_snapshot
 from bridge.training.throughput import count_parameters, peak_memory_gib, peak_tflops
@@ -125,17 +129,23 @@ def batch_plan(train_cfg, data_parallel_size: int) -> int:
 def _build_model(run, env: DistributedEnv, precision: str):
     """``(core, wrapped)``: the megatron-core model (checkpoints, generation) and its training wrapper.
 
-    With pipeline stages ``core`` is this rank's stage (``provide()`` reads its place from megatron's state)."""
-    core = run.model.provide().to(env.device)
-    module = core
-    if precision != "fp32":
-        from megatron.core.transformer.module import Float16Module
+    With pipeline stages ``core`` is this rank's stage (``provide()`` reads its place from megatron's state);
+    with virtual stages ``core`` holds this rank's chunks (:class:`ModelChunks`) and ``wrapped`` is a list of
+    the wrapped chunks, as megatron-core's interleaved schedule takes them."""
+    chunks = [chunk.to(env.device) for chunk in build_model_chunks(run.model)]
+    wrapped = []
+    for index, chunk in enumerate(chunks):
+        module = chunk
+        if precision != "fp32":
+            from megatron.core.transformer.module import Float16Module
 
-        module = Float16Module(core.config, core)  # casts to bf16/fp16 in, fp32 logits/loss out
-    wrapped = wrap_data_parallel(module, env.device, run.optimizer.use_distributed_optimizer)
-    if env.device.type == "cuda":
-        wrapped.broadcast_params()  # identical starting weights on every data-parallel rank
-    return core, wrapped
+            module = Float16Module(chunk.config, chunk)  # casts to bf16/fp16 in, fp32 logits/loss out
+        module = wrap_data_parallel(module, env.device, run.optimizer.use_distributed_optimizer,
+                                    bucketed=index == 0, overlap_grad_reduce=run.optimizer.overlap_grad_reduce)
+        if env.device.type == "cuda":
+            module.broadcast_params()  # identical starting weights on every data-parallel rank
+        wrapped.append(module)
+    return as_one_module(chunks), wrapped[0] if len(wrapped) == 1 else wrapped
 
 
 def _loader(dataset, total: int, consumed: int, micro: int, env: DistributedEnv,
@@ -213,6 +223,8 @@ def _train(run, env: DistributedEnv, family: FamilySpec, checkpointer: Checkpoin
     seed_everything(cfg.seed, env.device)
     tokenizer = run.built_tokenizer
     accumulation = batch_plan(cfg, env.data_parallel_size)
+    check_interleaved_plan(accumulation, cfg.eval_steps, env.pipeline_parallel_size,
+                           run.model.virtual_pipeline_model_parallel_size)
     checkpointer.run_config = run_snapshot(run)  # with the global batch now settled
     core, wrapped = _build_model(run, env, precision)
     optimizer = build_optimizer(wrapped if env.device.type == "cuda" else core, run.optimizer,
@@ -283,7 +295,8 @@ def _train_step(parts: RunParts, batches) -> tuple:
     """Forward + backward of one optimizer step's micro-batches: ``(mean loss over ranks, tokens per sample)``."""
     env, cfg = parts.env, parts.run.train
     wrapped = parts.wrapped
-    wrapped.zero_grad_buffer()
+    for chunk in as_chunks(wrapped):
+        chunk.zero_grad_buffer()
     parts.optimizer.zero_grad()
     if env.pipeline_parallel_size > 1:  # GPT only: every sample is seq_length tokens
         loss = pipeline_train_step(wrapped, batches, parts.accumulation, cfg.micro_batch_size,

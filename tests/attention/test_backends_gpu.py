@@ -46,8 +46,18 @@ def first_qkv_grad(model):
 @pytest.mark.parametrize("backend", ["fused", "flash"])
 @pytest.mark.parametrize("groups", [None, 1, 2])
 def test_gpt_backend_matches_local_in_bf16_and_backward_runs(backend, groups):
+    assert_gpt_matches_local(backend, num_query_groups=groups)
+
+
+@pytest.mark.parametrize("backend", ["fused", "flash"])
+def test_gpt_sliding_window_matches_local(backend):
+    # Mistral-style: causal with window_size=(64, 0) on 256 tokens; flash runs it in the kernel (band tiles only).
+    assert_gpt_matches_local(backend, num_query_groups=2, window_size=(64, 0))
+
+
+def assert_gpt_matches_local(backend, **fields):
     models = reference_and_candidate(GPTModelProvider, backend, num_layers=2, hidden_size=256,
-                                     num_attention_heads=4, num_query_groups=groups, seq_length=256)
+                                     num_attention_heads=4, seq_length=256, **fields)
     tokens = torch.randint(0, VOCAB, (2, 256), device="cuda")
     pos = torch.arange(256, device="cuda").expand(2, 256)
     losses, grads = {}, {}

@@ -58,3 +58,31 @@ def test_reduced_mask_is_computed_once_per_tensor_and_redone_after_in_place_chan
     assert again is not first and not bool(again.key_padding[1, 2])
     other = mask.clone()
     assert reduced_mask(other, AttnMaskType.padding, 2, 4, 4, True) is not again
+
+
+def test_window_on_causal_stays_a_description_and_builds_the_band():
+    from bridge.attention.inputs import windowed
+
+    mask = windowed(AttentionMask(causal=True), (2, 0), 1, 6, 6, "cpu")
+    assert mask.kind == "sliding_window" and mask.base_kind == "causal" and mask.window == (2, 0)
+    i, j = torch.arange(6)[:, None], torch.arange(6)[None, :]
+    assert torch.equal(mask.allowed(1, 6, 6, "cpu")[0, 0], (j <= i) & (j >= i - 2))
+    # bottom-right aligned when the lengths differ, right side bounded too
+    two_sided = windowed(AttentionMask(), (1, 2), 1, 3, 5, "cpu").allowed(1, 3, 5, "cpu")[0, 0]
+    rows = torch.arange(3)[:, None] + 2
+    cols = torch.arange(5)[None, :]
+    assert torch.equal(two_sided, (cols >= rows - 1) & (cols <= rows + 2))
+
+
+def test_window_on_padding_keeps_padding_and_on_dense_folds_in():
+    from bridge.attention.inputs import windowed
+
+    valid = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    padded = windowed(AttentionMask(causal=True, key_padding=valid, query_padding=valid), (1, 0), 1, 4, 4, "cpu")
+    assert padded.kind == "sliding_window" and padded.base_kind == "padding_causal"
+    allowed = padded.allowed(1, 4, 4, "cpu")[0, 0]
+    assert allowed[2].tolist() == [False, True, True, False] and not allowed[3].any()
+    dense = torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    folded = windowed(AttentionMask(dense=dense), (0, 0), 1, 4, 4, "cpu")
+    assert folded.kind == "arbitrary" and torch.equal(folded.dense[0, 0], torch.eye(4, dtype=torch.bool))
+    assert windowed(AttentionMask(causal=True), (-1, -1), 1, 4, 4, "cpu").kind == "causal"

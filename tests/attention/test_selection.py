@@ -119,3 +119,41 @@ def test_a_layer_decides_once_per_input_signature(monkeypatch):
     longer = AttentionInputs(**{**CPU_INPUTS.__dict__, "seqlen_q": 256, "seqlen_k": 256})
     assert [choice.choose(x) for x in (CPU_INPUTS, CPU_INPUTS, longer, CPU_INPUTS)] == [AttnBackend.local] * 4
     assert calls == [CPU_INPUTS, longer] and choice.last is AttnBackend.local
+
+
+def test_flash_runs_sliding_window_layers(monkeypatch):
+    # The window is the kernel's own argument now: flash is not ruled out for it and auto may pick it.
+    import bridge.kernels
+    from bridge.attention import flash
+
+    monkeypatch.setattr(bridge.kernels, "unavailable_reason", lambda **kwargs: None)
+    windowed_inputs = AttentionInputs(**{**GPU_BF16.__dict__, "mask_kind": "sliding_window"})
+    assert flash.unsupported_reason(windowed_inputs) is None
+    assert select_backend(AttnBackend.auto, windowed_inputs, "layer 1") == AttnBackend.flash
+
+
+def test_flash_backend_passes_the_window_to_the_kernel(monkeypatch):
+    from bridge.attention import flash
+    from bridge.attention.inputs import AttentionMask, windowed
+
+    calls = []
+
+    class FakeKernels:
+        @staticmethod
+        def flash_attn_func(q, k, v, **kwargs):
+            calls.append(("fixed", kwargs))
+            return torch.zeros_like(q)
+
+        @staticmethod
+        def flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs):
+            calls.append(("varlen", kwargs))
+            return torch.zeros_like(q)
+
+    monkeypatch.setattr(flash, "_kernel_module", lambda: FakeKernels)
+    q = torch.zeros(4, 2, 2, 8)
+    flash.flash_attention(q, q, q, windowed(AttentionMask(causal=True), (3, 0), 2, 4, 4, "cpu"), 0.3, 0.0)
+    valid = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    padded = AttentionMask(key_padding=valid, query_padding=valid)
+    flash.flash_attention(q, q, q, windowed(padded, (1, 2), 2, 4, 4, "cpu"), 0.3, 0.0)
+    assert calls[0][0] == "fixed" and calls[0][1]["window_size"] == (3, 0) and calls[0][1]["causal"]
+    assert calls[1][0] == "varlen" and calls[1][1]["window_size"] == (1, 2) and not calls[1][1]["causal"]

@@ -116,3 +116,18 @@ def test_a_third_split_weight_holds_documents_out(prefix):
     assert len(train) == (len(train_stream) - 1) // 32 and len(valid) == (len(valid_stream) - 1) // 32
     with pytest.raises(ValueError, match=r"data.split='6,2,2,1' is not valid"):
         DataConfig(split="6,2,2,1")
+
+
+def test_the_script_prints_only_its_result(tmp_path):
+    """No megatron-core notices about Transformer Engine / Apex before the one result line (README command)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "docs.jsonl"
+    source.write_text('{"text": "hello world"}\n{"text": "second doc"}\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "preprocess_data.py"), "--input", str(source),
+                           "--output-prefix", str(tmp_path / "data" / "docs")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == "" and proc.stdout.startswith("wrote "), (proc.stdout, proc.stderr)

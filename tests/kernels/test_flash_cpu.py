@@ -177,3 +177,48 @@ def test_the_binding_reads_no_environment():
     csrc = Path(build.CSRC_DIR)
     for source in list(csrc.glob("*.cpp")) + list(csrc.glob("*.h")):
         assert "getenv" not in source.read_text(), source.name
+
+
+def test_public_signatures_follow_flash_attn_2():
+    # A positional flash-attn 2.x call must mean the same here (deterministic once sat where window_size is).
+    import inspect
+
+    expected = ["dropout_p", "softmax_scale", "causal", "window_size", "softcap", "alibi_slopes", "deterministic",
+                "return_attn_probs"]
+    fixed = list(inspect.signature(flash_attn_func).parameters)
+    varlen = list(inspect.signature(flash_attn_varlen_func).parameters)
+    assert fixed[:3] == ["q", "k", "v"] and fixed[3:11] == expected
+    assert varlen[:7] == ["q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"]
+    assert varlen[7:15] == expected
+    assert inspect.signature(flash_attn_func).parameters["return_lse"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"window_size": (-2, 0)}, r"window_size=\(-2, 0\) is not valid; each side is a number of keys >= 0, or -1"),
+    ({"window_size": 5}, r"window_size must be a pair \(left, right\) of ints, got 5"),
+    ({"softcap": -1.0}, r"softcap=-1.0 is not valid; use a finite number >= 0"),
+    ({"alibi_slopes": torch.ones(2, dtype=torch.float16)}, r"alibi_slopes must be a float32 tensor \[heads\] or"),
+    ({"return_attn_probs": True}, r"return_attn_probs=True is not supported .* return_lse=True"),
+])
+def test_unsupported_or_invalid_options_are_one_clear_error(kwargs, message):
+    # The options are checked before the tensors, so this answers on a machine without a GPU too.
+    q = torch.randn(1, 8, 2, 64, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="flash_attn_func: " + message):
+        flash_attn_func(q, q, q, **kwargs)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    with pytest.raises(ValueError, match="flash_attn_varlen_func: " + message):
+        flash_attn_varlen_func(q[0], q[0], q[0], cu, cu, 8, 8, **kwargs)
+
+
+def test_window_reaches_the_custom_op_and_its_fake():
+    # The window travels as two ints through the custom op (schema with defaults) and its fake, so
+    # torch.compile traces windowed calls; the fake's shapes do not depend on it.
+    from bridge.kernels.interface import _flash_bwd_fake, _flash_fwd_fake
+
+    q = torch.empty(2, 5, 4, 64, dtype=torch.bfloat16, device="meta")
+    out, lse = _flash_fwd_fake(q, q, q, None, None, 5, 5, 0.125, False, False, 3, 0)
+    assert out.shape == q.shape and lse.shape == (2, 4, 5)
+    assert all(t.shape == q.shape for t in _flash_bwd_fake(q, q, q, q, q, lse, None, None, 5, 5, 0.125, True, False,
+                                                            3, 0))
+    schema = str(interface._flash_fwd._opoverload._schema)
+    assert "window_left=-1" in schema and "window_right=-1" in schema

@@ -129,3 +129,11 @@ def child_env() -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MASTER_")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(os.path.dirname(HERE)), os.environ.get("PYTHONPATH", "")])
     return env
+
+
+def test_a_differently_padded_vocabulary_names_the_rows_to_pad_to(pretrained):
+    """A new tensor-parallel size pads the vocabulary differently: the error says which row count to keep."""
+    model = get_preset("gpt_tiny", seq_length=64, num_layers=2, vocab_size=359, make_vocab_size_divisible_by=256).provide()
+    with pytest.raises(CheckpointError, match=r"has 384 vocabulary rows in '.*', this model 512: .* set "
+                                              r"model.make_vocab_size_divisible_by so that this run pads to 384 rows"):
+        load_weights(pretrained[0], model)

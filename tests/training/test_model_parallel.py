@@ -93,6 +93,21 @@ def test_tensor_parallel_two_gpus_trains(tmp_path):
 
 @pytest.mark.gpu
 @two_gpus
+def test_sequence_parallel_two_gpus_follows_tensor_parallel(tmp_path):
+    """TP=2 with sequence parallelism (bridge's torch norms) starts from the same weights as TP=2 without it
+    and follows its losses within bf16 noise; the end-of-run sample (prompt filled up to the split) runs."""
+    plain = _logged_losses(_train_on_gpus(tmp_path, 2, "model.tensor_model_parallel_size=2", "checkpoint.dir=null").stdout)
+    proc = _train_on_gpus(tmp_path, 2, "model.tensor_model_parallel_size=2", "model.sequence_parallel=true",
+                          "checkpoint.dir=null")
+    split = _logged_losses(proc.stdout)
+    assert sorted(split) == sorted(plain) == [5, 10, 15, 20]
+    for step in split:
+        assert abs(split[step] - plain[step]) < 0.05, (split, plain)
+    assert "sample: " in proc.stdout
+
+
+@pytest.mark.gpu
+@two_gpus
 def test_pipeline_parallel_two_gpus_trains_and_resumes(tmp_path):
     ckpt = tmp_path / "ckpt"
     proc = _train_on_gpus(tmp_path, 2, "model.pipeline_model_parallel_size=2", f"checkpoint.dir={ckpt}",
@@ -109,3 +124,35 @@ def test_pipeline_parallel_two_gpus_trains_and_resumes(tmp_path):
     assert sorted(resumed) == [15, 20]
     for step in (15, 20):  # same weights, optimizer state, data position: the same losses (bf16 noise aside)
         assert abs(resumed[step] - losses[step]) < 0.05, (resumed, losses)
+
+
+def _resume_from(tmp_path, ckpt, step: int, name: str, nproc: int, *layout: str) -> dict:
+    """Losses of a run resumed from ``ckpt``'s step ``step`` (a copy whose ``latest`` names it) at ``layout``."""
+    resumed_dir = tmp_path / name
+    resumed_dir.mkdir()
+    os.symlink(ckpt / f"step_{step:07d}", resumed_dir / f"step_{step:07d}")
+    (resumed_dir / "latest").write_text(f"step_{step:07d}\n")
+    return _logged_losses(_train_on_gpus(tmp_path, nproc, *layout, f"checkpoint.dir={resumed_dir}",
+                                         "checkpoint.resume=true", "train.eval_steps=2").stdout)
+
+
+@pytest.mark.gpu
+@two_gpus
+def test_virtual_pipeline_two_gpus_trains_resumes_and_reshards(tmp_path):
+    """PP=2 × VP=2 (4 layers: one per virtual stage, interleaved schedule) trains; its step-10 checkpoint
+    resumes at the same layout, at TP=2 and at data parallel 2, and each continues the run's losses."""
+    ckpt = tmp_path / "ckpt"
+    # the vocabulary is padded to a multiple of make_vocab_size_divisible_by × TP: 256 × 1 and 128 × 2 give the
+    # same rows, so the embedding reshards
+    vp = ("model.pipeline_model_parallel_size=2", "model.virtual_pipeline_model_parallel_size=2",
+          "model.make_vocab_size_divisible_by=256")
+    proc = _train_on_gpus(tmp_path, 2, *vp, f"checkpoint.dir={ckpt}", "checkpoint.save_interval=10",
+                          "checkpoint.keep_last=0", "train.eval_steps=2")
+    losses = _logged_losses(proc.stdout)
+    assert losses[20] < losses[5] - 0.3, losses
+    tp2 = ("model.tensor_model_parallel_size=2", "model.make_vocab_size_divisible_by=128")
+    for name, layout in (("same", vp), ("tp2", tp2), ("dp2", ("model.make_vocab_size_divisible_by=256",))):
+        resumed = _resume_from(tmp_path, ckpt, 10, name, 2, *layout)
+        assert sorted(resumed) == [15, 20], (name, resumed)
+        for step in (15, 20):  # same weights, optimizer state and data position; TP=2 sums in another order
+            assert abs(resumed[step] - losses[step]) < (0.05 if name == "same" else 0.1), (name, resumed, losses)

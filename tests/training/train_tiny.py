@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=None, help="override num_attention_heads (--full-tiny)")
     parser.add_argument("--micro", type=int, default=4)
     parser.add_argument("--global-batch", type=int, default=8)
+    parser.add_argument("--resume", action="store_true", help="checkpoint.resume=true")
+    parser.add_argument("--pid-file", default=None, help="write this rank's process id to <pid-file>.<rank>")
     parser.add_argument("--hang-in-save", type=int, default=0,
                         help="block inside the writer of this save (1-based), for the kill -9 test")
     args = parser.parse_args()
@@ -44,7 +46,11 @@ def main() -> None:
     if args.full_tiny:
         heads = {"num_attention_heads": args.heads} if args.heads else {}
         run.model = get_preset("gpt_tiny", attention_backend=args.backend, **heads)
-    run.checkpoint = CheckpointConfig(dir=args.ckpt_dir, save_interval=args.save_interval, keep_last=0)
+    run.checkpoint = CheckpointConfig(dir=args.ckpt_dir, save_interval=args.save_interval, keep_last=0,
+                                      resume=args.resume)
+    if args.pid_file:
+        with open(f"{args.pid_file}.{os.environ.get('RANK', '0')}", "w") as f:
+            f.write(str(os.getpid()))
     start = time.time()
     result = train(run)
     if int(os.environ.get("RANK", "0")) == 0:

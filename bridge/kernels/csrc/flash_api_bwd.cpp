@@ -25,8 +25,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mha_bwd(
     const at::Tensor& dout, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
     const at::Tensor& lse_in, const std::optional<at::Tensor>& cu_seqlens_q,
     const std::optional<at::Tensor>& cu_seqlens_k, int64_t max_seqlen_q, int64_t max_seqlen_k, double softmax_scale,
-    bool causal, bool deterministic, const std::string& kernel_family) {
+    bool causal, bool deterministic, const std::string& kernel_family, int64_t window_left, int64_t window_right,
+    double softcap, const std::optional<at::Tensor>& alibi_slopes) {
     const Geometry g = check_qkv(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale);
+    const Modifiers mods{causal, window_left, window_right, softcap, alibi_slopes};
+    check_modifiers(mods, q, g);
     check_like_q(out, "out", q, g);
     check_like_q(dout, "dout", q, g);
     const bool hopper = use_hopper_kernels(q, kernel_family);
@@ -58,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mha_bwd(
     if (batch == 0 || h == 0) return {dq, dk, dv};
 
     BwdParams params{};
-    fill_qkv_params(params, q, k, v, cu_seqlens_q, cu_seqlens_k, g, softmax_scale, causal, lse);
+    fill_qkv_params(params, q, k, v, cu_seqlens_q, cu_seqlens_k, g, softmax_scale, mods, lse);
 
     params.o = out.data_ptr();
     set_strides(out, varlen, params.o_batch_stride, params.o_row_stride, params.o_head_stride);
@@ -80,8 +83,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mha_bwd(
     dispatch(params.is_bf16, params.d, [&](auto type, auto dim) {
         using T = typename decltype(type)::type;
         constexpr int D = decltype(dim)::value;
-        // The Hopper kernel declines the deterministic mode (and tensors TMA cannot describe): mma.sync then.
-        if (!(hopper && run_flash_bwd_sm90<T, D>(params, stream))) run_flash_bwd<T, D>(params, stream);
+        // The Hopper kernel declines the deterministic mode (and tensors TMA cannot describe) and has no sliding
+        // window, soft-cap or ALiBi: mma.sync then.
+        if (!(hopper && hopper_supports(params) && run_flash_bwd_sm90<T, D>(params, stream)))
+            run_flash_bwd<T, D>(params, stream);
     });
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return {dq, dk, dv};
@@ -93,7 +98,8 @@ TORCH_LIBRARY_FRAGMENT(bridge_flash, m) {
     m.def(
         "bwd(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? cu_seqlens_q, "
         "Tensor? cu_seqlens_k, int max_seqlen_q, int max_seqlen_k, float softmax_scale, bool causal, "
-        "bool deterministic, str kernel_family=\"sm90\") -> (Tensor, Tensor, Tensor)");
+        "bool deterministic, str kernel_family=\"sm90\", int window_left=-1, int window_right=-1, "
+        "float softcap=0.0, Tensor? alibi_slopes=None) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(bridge_flash, CUDA, m) { m.impl("bwd", &mha_bwd); }

@@ -124,9 +124,26 @@ void set_strides(const at::Tensor& t, bool varlen, int64_t& batch, int64_t& row,
     head = t.stride(varlen ? 1 : 2);
 }
 
+void check_modifiers(const Modifiers& m, const at::Tensor& q, const Geometry& g) {
+    TORCH_CHECK(m.window_left >= -1 && m.window_right >= -1, kErrorPrefix, "window_size (", num(m.window_left), ", ",
+                num(m.window_right), ") is not valid; each side is a number of keys >= 0, or -1 for unbounded");
+    TORCH_CHECK(std::isfinite(m.softcap) && m.softcap >= 0, kErrorPrefix,
+                "softcap must be a finite number >= 0 (0 = off)");
+    if (m.alibi_slopes.has_value()) {
+        const at::Tensor& a = *m.alibi_slopes;
+        check_on_device(a, "alibi_slopes", q);
+        TORCH_CHECK(a.scalar_type() == at::kFloat, kErrorPrefix, "alibi_slopes must be float32, got ", a.scalar_type());
+        const bool per_head = a.dim() == 1 && a.size(0) == g.h;
+        const bool per_batch = a.dim() == 2 && a.size(0) == g.b && a.size(1) == g.h;
+        TORCH_CHECK(per_head || per_batch, kErrorPrefix, "alibi_slopes must have shape [", num(g.h), "] or [",
+                    num(g.b), ", ", num(g.h), "] (heads, or batch x heads), got ", list_str(a.sizes()));
+        TORCH_CHECK(a.is_contiguous(), kErrorPrefix, "alibi_slopes must be contiguous");
+    }
+}
+
 void fill_qkv_params(QKVParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
-                     const Geometry& g, double softmax_scale, bool causal, const at::Tensor& lse) {
+                     const Geometry& g, double softmax_scale, const Modifiers& mods, const at::Tensor& lse) {
     p.q = q.data_ptr();
     p.k = k.data_ptr();
     p.v = v.data_ptr();
@@ -145,12 +162,28 @@ void fill_qkv_params(QKVParams& p, const at::Tensor& q, const at::Tensor& k, con
     p.total_k = k.size(0);
     p.scale_softmax = static_cast<float>(softmax_scale);
     p.scale_softmax_log2 = static_cast<float>(softmax_scale * 1.4426950408889634);
+    p.is_causal = mods.causal;
+    // A side at least as wide as the longest sequence bounds nothing: store it as exactly that width (see
+    // flash_params.h), which keeps the kernels' bound arithmetic within int and has_window false.
+    const int64_t left_limit = g.seqlen_k, right_limit = g.seqlen_q;
+    const int64_t left = (mods.window_left < 0 || mods.window_left > left_limit) ? left_limit : mods.window_left;
+    int64_t right = (mods.window_right < 0 || mods.window_right > right_limit) ? right_limit : mods.window_right;
+    const bool causal = mods.causal || (right == 0 && left == left_limit);  // window (-1, 0) is causal
+    if (causal) right = 0;
     p.is_causal = causal;
+    p.window_left = static_cast<int>(left);
+    p.window_right = static_cast<int>(right);
+    p.has_window = left < left_limit || (!causal && right < right_limit);
+    p.softcap = static_cast<float>(mods.softcap);
+    p.alibi_slopes = mods.alibi_slopes.has_value() ? mods.alibi_slopes->data_ptr<float>() : nullptr;
+    p.alibi_batch_stride = mods.alibi_slopes.has_value() && mods.alibi_slopes->dim() == 2 ? g.h : 0;
     p.is_bf16 = q.scalar_type() == at::kBFloat16;
     // lse: fixed [b, h, s_q], varlen [h, total_q]
     p.lse_batch_stride = g.varlen ? 0 : lse.stride(0);
     p.lse_head_stride = g.varlen ? lse.stride(0) : lse.stride(1);
 }
+
+bool hopper_supports(const QKVParams& p) { return !p.has_window && p.softcap == 0.f && p.alibi_slopes == nullptr; }
 
 bool use_hopper_kernels(const at::Tensor& q, const std::string& kernel_family) {
     TORCH_CHECK(kernel_family == "sm90" || kernel_family == "mma", kErrorPrefix, "kernel_family ", kernel_family,

@@ -46,10 +46,24 @@ Geometry check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
 // The same layout and dtype checks as q gets, for another q-shaped tensor (out, dout).
 void check_like_q(const at::Tensor& t, const char* name, const at::Tensor& q, const Geometry& g);
 
-// Fills everything in QKVParams (pointers, strides, sizes, scale, flags, LSE strides of `lse`).
+// The score modifiers of one call (masks beyond padding), as the ops receive them.
+struct Modifiers {
+    bool causal;
+    int64_t window_left, window_right;  // flash-attn's window_size; -1 = unbounded
+    double softcap;                     // 0 = off
+    std::optional<at::Tensor> alibi_slopes;  // fp32 [h] or [b, h]
+};
+
+// Checks the modifiers (one error line each) against the call's geometry.
+void check_modifiers(const Modifiers& m, const at::Tensor& q, const Geometry& g);
+
+// Fills everything in QKVParams (pointers, strides, sizes, scale, flags and window bounds, LSE strides of `lse`).
 void fill_qkv_params(QKVParams& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const std::optional<at::Tensor>& cu_seqlens_q, const std::optional<at::Tensor>& cu_seqlens_k,
-                     const Geometry& g, double softmax_scale, bool causal, const at::Tensor& lse);
+                     const Geometry& g, double softmax_scale, const Modifiers& mods, const at::Tensor& lse);
+
+// Whether the Hopper kernels implement everything this call asks for (else the mma.sync kernels run it).
+bool hopper_supports(const QKVParams& p);
 
 // Batch / row / head strides of a q-shaped tensor (varlen tensors have no batch stride).
 void set_strides(const at::Tensor& t, bool varlen, int64_t& batch, int64_t& row, int64_t& head);

@@ -18,9 +18,11 @@
 #include <cmath>
 #include <type_traits>
 
+#include "flash_band.cuh"
 #include "flash_bwd_prepost.cuh"
 #include "flash_bwd_utils.cuh"
 #include "flash_params.h"
+#include "flash_score_mods.cuh"
 
 namespace bridge_flash {
 namespace bwd {
@@ -189,7 +191,9 @@ __device__ __forceinline__ void st_release(int* p, int v) {
 /// kHeavyFirst: grid (h_k * b, K/V tiles) instead of (K/V tiles, h_k, b). Under a causal mask K/V tile 0 has
 /// the most Q tiles to visit; numbering every head's tile 0 first starts the longest CTAs first, so the last
 /// wave is short ones (GQA loops r heads per CTA, which makes the spread larger).
-template <typename T, int D, int kBlockM_, bool kHeavyFirst>
+/// kMods: soft-cap / ALiBi present (flash_score_mods.cuh); a separate instantiation, so the plain kernel carries
+/// none of their code.
+template <typename T, int D, int kBlockM_, bool kHeavyFirst, bool kMods>
 __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams p) {
     using C = BwdConfig<T, D, kBlockM_>;
     constexpr int kBlockM = C::kBlockM, kBlockN = C::kBlockN, kThreads = C::kThreads;
@@ -225,15 +229,20 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
     const int kv_rows = min(kBlockN, ks.len - n0);
 
     const int group = p.h / p.h_k;
-    const int diag = ks.len - qs.len;  // bottom-right causal: q row r sees key c iff c <= r + diag
-    const int m_begin = p.is_causal ? max(0, n0 - diag) / kBlockM : 0;
-    const int m_end = (qs.len + kBlockM - 1) / kBlockM;
+    // Causal / sliding-window band. Only diag lives in a register: the bounds are read from the parameter
+    // bank where used (a Band held across the loop cost 8-24 bytes more spills).
+    const int diag = ks.len - qs.len;
+    auto band = [&] { return Band{diag, p.window_left, p.window_right}; };
+    const bool banded = p.is_causal || p.has_window;
+    // The Q tiles holding a score inside the band for these keys (all of them without a mask).
+    int m_begin, m_end;
+    band().query_tiles(n0, kBlockN, kBlockM, (qs.len + kBlockM - 1) / kBlockM, m_begin, m_end);
     const int m_count = max(0, m_end - m_begin);
     const int iters = group * m_count;
     // Without a mask every K/V tile of a head visits the same Q tiles; starting each at a different one keeps
     // the CTAs running side by side from adding into the same dQ rows at the same time. Deterministic mode
     // keeps the plain order (tile n waits for tile n - 1 at every Q tile).
-    const int m_rot = (p.is_causal || p.deterministic || m_count == 0) ? 0 : n_block % m_count;
+    const int m_rot = (banded || p.deterministic || m_count == 0) ? 0 : n_block % m_count;
     auto m_block_of = [&](int it) {
         int j = it % m_count + m_rot;
         if (j >= m_count) j -= m_count;
@@ -311,7 +320,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         const float* lse = sLse + buf * kBlockM;
         const float* dsum = sDsum + buf * kBlockM;
 
-        const bool need_mask = n0 + kBlockN > ks.len || (p.is_causal && n0 + kBlockN - 1 > m0 + diag);
+        const bool need_mask = n0 + kBlockN > ks.len || band().crosses(m0, m0 + kBlockM - 1, n0, n0 + kBlockN - 1);
         // S = Q K^T
         float acc_s[C::kSMTiles][C::kSNTiles][4];
         zero_acc(acc_s);
@@ -325,6 +334,8 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         // The mask test is hoisted out of the element loop (two copies) rather than a branch per element;
         // measured equal on the H100, kept because unmasked tiles then run no mask code at all.
         uint32_t p16[C::kSMTiles][C::kSNTiles][2];
+        ScoreMods mods{};
+        if constexpr (kMods) mods = score_mods(p, bi, hq);
         auto compute_p = [&](auto mask_tag) {
             constexpr bool kMask = decltype(mask_tag)::value;
 #pragma unroll
@@ -338,18 +349,29 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
                         (m0 + qr < qs.len && l != -INFINITY) ? l * static_cast<float>(M_LOG2E) : INFINITY;
 #pragma unroll
                     for (int nt = 0; nt < C::kSNTiles; ++nt) {
-                        float pe[2];
+                        float pe[2], th[2];
 #pragma unroll
                         for (int e = 0; e < 2; ++e) {
-                            float x = fmaf(acc_s[mt][nt][2 * h + e], scale_log2, -lse2);
+                            float sv = acc_s[mt][nt][2 * h + e];
+                            if constexpr (kMods) {
+                                const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
+                                sv = mods.apply(sv, band_distance(m0 + qr, kc, diag), th[e]);
+                            }
+                            float x = fmaf(sv, scale_log2, -lse2);
                             if constexpr (kMask) {
                                 const int kc = n0 + s_col0 + nt * 8 + 2 * t + e;
-                                if (kc >= ks.len || (p.is_causal && kc > m0 + qr + diag)) x = -INFINITY;
+                                if (kc >= ks.len || band().masked(m0 + qr, kc)) x = -INFINITY;
                             }
                             pe[e] = exp2f(x);
                         }
                         p16[mt][nt][h] = ElemTraits<T>::pack(pe[0], pe[1]);
                         *reinterpret_cast<uint32_t*>(sP + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = p16[mt][nt][h];
+                        if constexpr (kMods) {
+                            // The soft-cap derivative waits in this thread's own dS slots until dS is formed.
+                            if (mods.cap_raw != 0.f)
+                                *reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) =
+                                    pack_dtanh(th[0], th[1]);
+                        }
                     }
                 }
             }
@@ -374,9 +396,16 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
                 const float ds = dsum[qr];
 #pragma unroll
                 for (int nt = 0; nt < C::kSNTiles; ++nt) {
-                    const float2 pf = unpack2<T>(p16[mt][nt][h]);
-                    *reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t)) = ElemTraits<T>::pack(
-                        pf.x * (acc_dp[mt][nt][2 * h] - ds), pf.y * (acc_dp[mt][nt][2 * h + 1] - ds));
+                    float2 pf = unpack2<T>(p16[mt][nt][h]);
+                    uint32_t* slot = reinterpret_cast<uint32_t*>(sdS + swz<kBlockN>(qr, s_col0 + nt * 8 + 2 * t));
+                    if constexpr (kMods) {
+                        if (mods.cap_raw != 0.f) {  // chain rule through the soft-cap
+                            const float2 f = unpack_dtanh(*slot);
+                            pf.x *= f.x;
+                            pf.y *= f.y;
+                        }
+                    }
+                    *slot = ElemTraits<T>::pack(pf.x * (acc_dp[mt][nt][2 * h] - ds), pf.y * (acc_dp[mt][nt][2 * h + 1] - ds));
                 }
             }
         }
@@ -395,11 +424,15 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
             SwzLane<D>(lane_rows_first(ln), ln, q_col0 / 8));
 
         int* sem = nullptr;
+        // The K/V tiles adding into this Q tile are a contiguous run starting at first_key_tile (tile 0 without
+        // a window): in deterministic mode tile n waits until the n - first before it have added.
+        int turn = 0;
         if (p.deterministic) {
             sem = static_cast<int*>(p.workspace) +
                   (static_cast<int64_t>(bi) * p.h + hq) * ((p.seqlen_q + 31) / 32) + m_block;
+            turn = n_block - band().first_key_tile(m0, kBlockN);
             if (tid == 0)
-                while (ld_acquire(sem) != n_block) {
+                while (ld_acquire(sem) != turn) {
                 }
             __syncthreads();
         }
@@ -430,7 +463,7 @@ __global__ void __launch_bounds__(256, 1) flash_bwd_main_kernel(const BwdParams 
         if (p.deterministic) {
             __threadfence();
             __syncthreads();
-            if (tid == 0) st_release(sem, n_block + 1);
+            if (tid == 0) st_release(sem, turn + 1);
         }
     }
 

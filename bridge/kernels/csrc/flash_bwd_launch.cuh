@@ -14,7 +14,9 @@ namespace bwd {
 template <typename T, int D, int kBlockM, bool kHeavyFirst>
 void launch_main(BwdParams& params, cudaStream_t stream) {
     using Config = BwdConfig<T, D, kBlockM>;
-    auto kernel = flash_bwd_main_kernel<T, D, kBlockM, kHeavyFirst>;
+    const bool mods = params.softcap > 0.f || params.alibi_slopes != nullptr;  // soft-cap / ALiBi
+    auto kernel = mods ? flash_bwd_main_kernel<T, D, kBlockM, kHeavyFirst, true>
+                       : flash_bwd_main_kernel<T, D, kBlockM, kHeavyFirst, false>;
     // Above 48 KB of dynamic shared memory a kernel must opt in; cheap enough to do on every call.
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Config::kSmemBytes);
     const int n_tiles = (params.seqlen_k + Config::kBlockN - 1) / Config::kBlockN;

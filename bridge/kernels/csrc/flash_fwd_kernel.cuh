@@ -12,9 +12,11 @@
 #include <cmath>
 #include <cstdint>
 
+#include "flash_band.cuh"
 #include "flash_launch.h"
 #include "flash_params.h"
 #include "flash_primitives.cuh"
+#include "flash_score_mods.cuh"
 
 namespace bridge_flash {
 
@@ -158,11 +160,11 @@ __device__ __forceinline__ void gemm_pv(float (&o)[FwdShape<D>::kMTiles][FwdShap
     }
 }
 
-// Sets scores outside the sequence (col >= sk) or above the bottom-right causal diagonal to -inf.
+// Sets scores outside the sequence (col >= sk) or outside the band (causal diagonal, sliding window) to -inf.
 // Only called for the few tiles that cross a boundary.
 template <int D>
 __device__ __forceinline__ void apply_mask(float (&s)[FwdShape<D>::kMTiles][FwdShape<D>::kNTiles][4], int row0,
-                                           int col0, int sk, int causal_offset, bool causal, int lane) {
+                                           int col0, int sk, const Band& band, int lane) {
     using S = FwdShape<D>;
 #pragma unroll
     for (int mt = 0; mt < S::kMTiles; ++mt) {
@@ -172,8 +174,28 @@ __device__ __forceinline__ void apply_mask(float (&s)[FwdShape<D>::kMTiles][FwdS
             for (int i = 0; i < 4; ++i) {
                 const int row = row0 + mt * 16 + (lane >> 2) + (i >> 1) * 8;
                 const int col = col0 + nt * 8 + (lane & 3) * 2 + (i & 1);
-                const bool masked = col >= sk || (causal && col > row + causal_offset);
+                const bool masked = col >= sk || band.masked_2cmp(row, col);
                 if (masked) s[mt][nt][i] = -INFINITY;
+            }
+        }
+    }
+}
+
+// Soft-cap and ALiBi (flash_score_mods.cuh) on every score of the tile, before the mask.
+template <int D>
+__device__ __forceinline__ void apply_score_mods(float (&s)[FwdShape<D>::kMTiles][FwdShape<D>::kNTiles][4], int row0,
+                                                 int col0, int diag, const ScoreMods& mods, int lane) {
+    using S = FwdShape<D>;
+#pragma unroll
+    for (int mt = 0; mt < S::kMTiles; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < S::kNTiles; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int row = row0 + mt * 16 + (lane >> 2) + (i >> 1) * 8;
+                const int col = col0 + nt * 8 + (lane & 3) * 2 + (i & 1);
+                float t;
+                s[mt][nt][i] = mods.apply(s[mt][nt][i], band_distance(row, col, diag), t);
             }
         }
     }
@@ -230,7 +252,8 @@ __device__ __forceinline__ void softmax_tile(float (&s)[FwdShape<D>::kMTiles][Fw
 }
 
 // ---- the kernel ----------------------------------------------------------------------------------
-template <typename T, int D>
+// kMods: soft-cap / ALiBi present (a separate instantiation, so the plain kernel carries none of their code).
+template <typename T, int D, bool kMods>
 __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks) flash_fwd_kernel(const __grid_constant__ FwdParams p) {
     using S = FwdShape<D>;
     extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -265,12 +288,14 @@ __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks
     const int warp = tid / 32;
     const int lane = tid % 32;
     const int warp_row0 = warp * S::kRowsPerWarp;
-    const int causal_offset = sk - sq;  // bottom-right alignment: row r sees columns <= r + sk - sq
+    // The bounds are read from the parameter bank where used (a Band held in registers cost d = 64 spills).
+    auto band = [&] { return Band{sk - sq, p.window_left, p.window_right}; };
 
-    // Key tiles this query tile needs: all of them, or (causal) up to the last row's diagonal.
+    // Key tiles this query tile needs: those holding a score inside the band (all of them without a mask).
     const int rows_here = min(S::kBlockM, sq - m0);
-    int n_blocks = (sk + S::kBlockN - 1) / S::kBlockN;
-    if (p.is_causal) n_blocks = min(n_blocks, max(0, m0 + rows_here + causal_offset + S::kBlockN - 1) / S::kBlockN);
+    const int m_last = m0 + rows_here - 1;
+    int n_first, n_end;
+    band().key_tiles(m0, m_last, S::kBlockN, (sk + S::kBlockN - 1) / S::kBlockN, n_first, n_end);
 
     float acc_o[S::kMTiles][S::kDTiles][4];
     float row_max[S::kMTiles][2], row_sum[S::kMTiles][2];
@@ -284,13 +309,14 @@ __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks
         row_sum[mt][0] = row_sum[mt][1] = 0.f;
     }
 
-    if (n_blocks > 0) {
+    if (n_first < n_end) {
+        const int first = n_first * S::kBlockN;
         load_tile_async<S::kBlockM, D, S::kThreads>(sQ, q, p.q_row_stride, rows_here, tid);
-        load_tile_async<S::kBlockN, D, S::kThreads>(sK, k, p.k_row_stride, sk, tid);
+        load_tile_async<S::kBlockN, D, S::kThreads>(sK, k + first * p.k_row_stride, p.k_row_stride, sk - first, tid);
         cp_async_commit();
     }
 
-    for (int n = 0; n < n_blocks; ++n) {
+    for (int n = n_first; n < n_end; ++n) {
         const int col0 = n * S::kBlockN;
         cp_async_wait<0>();  // K_n (and Q) have landed ...
         __syncthreads();     // ... for every thread, and every warp is done with V_{n-1}
@@ -307,17 +333,19 @@ __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks
         gemm_qk<T, D>(acc_s, sQ, sK, warp_row0, lane);
 
         __syncthreads();  // every warp is done reading K_n: its buffer can take K_{n+1}
-        if (n + 1 < n_blocks) {
+        if (n + 1 < n_end) {
             const int next = col0 + S::kBlockN;
             load_tile_async<S::kBlockN, D, S::kThreads>(sK, k + next * p.k_row_stride, p.k_row_stride, sk - next, tid);
         }
         cp_async_commit();  // possibly empty: keeps the group count fixed for wait<1> below
 
-        // Only tiles crossing the sequence end or the causal diagonal need the mask.
+        if constexpr (kMods) {
+            apply_score_mods<D>(acc_s, m0 + warp_row0, col0, sk - sq, score_mods(p, bi, hi), lane);
+        }
+        // Only tiles crossing the sequence end or an edge of the band need the mask.
         const bool crosses_end = col0 + S::kBlockN > sk;
-        const bool crosses_diag = p.is_causal && col0 + S::kBlockN - 1 > m0 + causal_offset;
-        if (crosses_end || crosses_diag)
-            apply_mask<D>(acc_s, m0 + warp_row0, col0, sk, causal_offset, p.is_causal, lane);
+        if (crosses_end || band().crosses(m0, m_last, col0, col0 + S::kBlockN - 1))
+            apply_mask<D>(acc_s, m0 + warp_row0, col0, sk, band(), lane);
 
         uint32_t p_frag[S::kMTiles][S::kKStepsPV][4];
         softmax_tile<T, D>(acc_s, acc_o, row_max, row_sum, p_frag, p.scale_softmax_log2);
@@ -336,7 +364,8 @@ __global__ void __launch_bounds__(FwdShape<D>::kThreads, FwdShape<D>::kMinBlocks
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
             const float total = quad_sum(row_sum[mt][hh]);
-            // A row with no admissible key (causal with sk < sq, or sk == 0) outputs zeros and lse = -inf.
+            // A row with no admissible key (causal with sk < sq, a window past the keys, or sk == 0) outputs
+            // zeros and lse = -inf.
             const bool empty = !(total > 0.f);
             const float inv = empty ? 0.f : 1.f / total;
             const int row = warp_row0 + mt * 16 + g + hh * 8;

@@ -15,7 +15,8 @@ void run_flash_fwd(FwdParams& params, cudaStream_t stream) {
     constexpr int kSmemBytes = S::kSmemElems * static_cast<int>(sizeof(T));
     const dim3 grid((params.seqlen_q + S::kBlockM - 1) / S::kBlockM, params.h, params.b);
     if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;
-    auto kernel = flash_fwd_kernel<T, D>;
+    const bool mods = params.softcap > 0.f || params.alibi_slopes != nullptr;
+    auto kernel = mods ? flash_fwd_kernel<T, D, true> : flash_fwd_kernel<T, D, false>;
     if (kSmemBytes > 48 * 1024) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes);
     }

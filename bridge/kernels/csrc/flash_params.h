@@ -14,6 +14,10 @@
 // GQA/MQA: query head hi reads K/V head hi / (h / h_k). K and V are never repeated in memory.
 // Causal masking is bottom-right aligned: query row r of a sequence with lengths (sq, sk) may attend key
 // column c iff c <= r + sk - sq. A row with no admissible key (or sk == 0) outputs zeros and lse = -inf.
+// A sliding window (flash-attn's window_size) is aligned the same way: row r sees key c iff
+//   r + sk - sq - window_left <= c <= r + sk - sq + window_right;
+// causal is window_right = 0. The mma.sync kernels read only the window bounds, the Hopper kernels only
+// is_causal (they decline calls with has_window).
 #pragma once
 #include <cstdint>
 
@@ -43,6 +47,19 @@ struct QKVParams {
     float scale_softmax_log2;  // scale_softmax * log2(e), for exp2f
     bool is_causal;
     bool is_bf16;              // else fp16
+
+    // Window bounds, always set (fill_qkv_params in flash_api_common.cpp): an unbounded side is stored as a width no sequence of the
+    // call reaches (window_left = seqlen_k, window_right = seqlen_q), causal as window_right = 0 (and a window (-1, 0) as causal), so the
+    // kernels need no separate unbounded case and every bound computation stays within int.
+    int window_left, window_right;
+    bool has_window;           // a window narrower than causal / full attention was asked for
+
+    // Score modifiers (mma.sync kernels only; the binding sends calls using them there). With x = scale * q.k:
+    //   softcap > 0: x becomes softcap * tanh(x / softcap)            (0 = off)
+    //   alibi_slopes: then x -= slope[bi, hi] * |r + sk - sq - c|      (nullptr = off; fp32 [h] or [b, h])
+    float softcap;
+    const float* __restrict__ alibi_slopes;
+    int64_t alibi_batch_stride;  // 0 for [h], h for [b, h]
 
     int64_t lse_batch_stride, lse_head_stride;
 };
